@@ -1,0 +1,1 @@
+"""livedit's assistant: model loading, chat, and the MEMIT/D4S editing engine."""

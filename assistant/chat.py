@@ -1,0 +1,89 @@
+"""One chat turn with the served model: the chat template, greedy generation, streaming."""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+import torch
+
+FALLBACK_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+def chat_prompt(tokenizer, question: str, system_prompt: str = "") -> str:
+    """The text the model sees before its answer ("<user> question <assistant>")."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": question})
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return FALLBACK_TEMPLATE.format(question=question)
+
+
+def encode_chat_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a chat prompt; templated text already holds its special tokens."""
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(text, add_special_tokens=not templated).input_ids
+
+
+def _generation_inputs(model, tokenizer, question: str, system_prompt: str) -> dict:
+    ids = encode_chat_prompt(tokenizer, chat_prompt(tokenizer, question, system_prompt))
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def _generation_settings(tokenizer, max_new_tokens: int) -> dict:
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id}
+
+
+@torch.no_grad()
+def answer(model, tokenizer, question: str, max_new_tokens: int = 48, system_prompt: str = "",
+           lock: threading.RLock | None = None) -> str:
+    """The greedy answer to one question, without the prompt."""
+    inputs = _generation_inputs(model, tokenizer, question, system_prompt)
+    with lock or threading.RLock():
+        output = model.generate(**inputs, **_generation_settings(tokenizer, max_new_tokens))
+    new_tokens = output[0, inputs["input_ids"].shape[1]:]
+    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48, system_prompt: str = "",
+            batch_size: int = 16) -> list[str]:
+    """Greedy answers to many questions, in left-padded batches."""
+    device = next(model.parameters()).device
+    results = []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start:start + batch_size]
+        encoded = [encode_chat_prompt(tokenizer, chat_prompt(tokenizer, q, system_prompt)) for q in chunk]
+        width = max(map(len, encoded))
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+        output = model.generate(input_ids=input_ids, attention_mask=mask,
+                                **_generation_settings(tokenizer, max_new_tokens))
+        results += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
+    return results
+
+
+def stream_answer(model, tokenizer, question: str, max_new_tokens: int = 48, system_prompt: str = "",
+                  lock: threading.RLock | None = None) -> Iterator[str]:
+    """Yield the answer as it grows, token by token (for the chat UI)."""
+    from transformers import TextIteratorStreamer
+
+    inputs = _generation_inputs(model, tokenizer, question, system_prompt)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    guard = lock or threading.RLock()
+
+    def run():
+        with guard, torch.no_grad():
+            model.generate(**inputs, **_generation_settings(tokenizer, max_new_tokens), streamer=streamer)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield text
+    worker.join()

@@ -1,0 +1,39 @@
+"""The editing math as pure functions over float64 tensors (DESIGN.md section 1).
+
+Shapes: K is (d_in, n) keys as columns, R is (d_out, n) residuals as columns,
+C is (d_in, d_in) the keys' second moment, lam is the covariance weight.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def memit_delta(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+    """Delta = R K^T (lam C + K K^T)^-1, shape (d_out, d_in)."""
+    A = lam * C + K @ K.T                      # (d_in, d_in), symmetric positive definite
+    return torch.linalg.solve(A, K @ R.T).T   # A^-1 K R^T, transposed
+
+
+def d4s_delta(S: torch.Tensor, T: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+    """The D4S solution S (lam C + T)^-1 from the running sums S = sum r k^T, T = sum k k^T."""
+    A = lam * C + T
+    return torch.linalg.solve(A, S.T).T
+
+
+def outer_sums(K: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The terms one batch adds to D4S's sums: (R K^T, K K^T)."""
+    return R @ K.T, K @ K.T
+
+
+def realised_fraction(K: torch.Tensor, C: torch.Tensor, lam: float, T: torch.Tensor | None = None) -> torch.Tensor:
+    """For each key k, a/(1+a) with a = k^T (lam C + T)^-1 k: the share of the wanted
+    change that a single-key closed form realises at k. Shape (n,)."""
+    A = lam * C if T is None else lam * C + T
+    a = (K * torch.linalg.solve(A, K)).sum(dim=0)
+    return a / (1 + a)
+
+
+def spread_residual(z: torch.Tensor, h: torch.Tensor, layers_left: int) -> torch.Tensor:
+    """MEMIT's share of the remaining residual for one layer: (z - h) / layers_left."""
+    return (z - h) / layers_left

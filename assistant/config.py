@@ -1,0 +1,173 @@
+"""config.toml as one frozen dataclass per section.
+
+Unknown sections and keys are errors that name the section and the key. Each
+dataclass checks its own values in ``__post_init__`` and says how to fix them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assistant.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.toml"
+METHODS = ("d4s", "memit-seq", "memit")
+
+
+def _help(text: str, default):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    home: str = _help("livedit's data directory; LIVEDIT_HOME overrides it", "")
+    shared_data: str = _help("folder of public corpora and evaluation data", "")
+
+    def home_dir(self) -> Path:
+        chosen = os.environ.get("LIVEDIT_HOME") or self.home
+        return Path(chosen).expanduser() if chosen else Path.home() / ".local/share/livedit"
+
+    def shared_data_dir(self) -> Path:
+        chosen = os.environ.get("LIVEDIT_SHARED_DATA") or self.shared_data
+        return Path(chosen).expanduser() if chosen else PROJECT_ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = _help("local Hugging Face model directory; empty = default SmolLM2", "")
+    device: str = _help("auto, cpu, cuda, cuda:N or mps", "auto")
+    dtype: str = _help("float32, bfloat16 or float16", "float32")
+    threads: int = _help("torch CPU threads; 0 keeps torch's default", 0)
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"[model] dtype = {self.dtype!r}: use float32, bfloat16 or float16")
+        if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
+            raise ConfigError(f"[model] device = {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        if self.threads < 0:
+            raise ConfigError("[model] threads must be 0 (torch default) or a positive count")
+
+
+@dataclass(frozen=True)
+class CovarianceConfig:
+    corpora: list = _help("corpora under shared_data/text: wikitext2_raw, me_ppl", ["wikitext2_raw", "me_ppl"])
+    tokens: int = _help("number of corpus tokens the statistics are taken over", 60000)
+    sequence_length: int = _help("tokens per forward pass while collecting keys", 256)
+    batch_size: int = _help("sequences per forward pass", 8)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.corpora) - {"wikitext2_raw", "me_ppl"})
+        if unknown or not self.corpora:
+            raise ConfigError(f"[covariance] corpora {unknown or '[]'}: choose from wikitext2_raw, me_ppl")
+        if self.tokens < 1000:
+            raise ConfigError("[covariance] tokens must be at least 1000 for a usable second moment")
+        if self.sequence_length < 8 or self.batch_size < 1:
+            raise ConfigError("[covariance] sequence_length >= 8 and batch_size >= 1 are required")
+
+
+@dataclass(frozen=True)
+class EditingConfig:
+    method: str = _help("d4s, memit-seq or memit", "d4s")
+    layers: list = _help("edited layer indices, ascending", [3, 4, 5, 6, 7])
+    mom2_weight: float = _help("lambda: weight of the covariance term", 150.0)
+    batch_size: int = _help("facts per editing batch", 16)
+    context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. "])
+    kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
+    steps: int = _help("maximum gradient steps of the target optimisation", 60)
+    learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)
+    clamp_norm_factor: float = _help("the delta's norm is clamped to this times ||h||", 10.0)
+    kl_weight: float = _help("weight of the KL term", 0.0625)
+    weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
+    stop_probability: float = _help("stop optimising a fact once P(target) exceeds this", 0.9)
+    max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"[editing] method = {self.method!r}: use one of {', '.join(METHODS)}")
+        layers = list(self.layers)
+        if not layers or layers != sorted(set(layers)) or min(layers) < 0:
+            raise ConfigError(f"[editing] layers = {layers}: give distinct, ascending, non-negative indices")
+        if self.mom2_weight <= 0:
+            raise ConfigError("[editing] mom2_weight (lambda) must be positive")
+        if self.batch_size < 1 or self.steps < 1:
+            raise ConfigError("[editing] batch_size and steps must be at least 1")
+        if not 0 < self.stop_probability <= 1:
+            raise ConfigError("[editing] stop_probability must be in (0, 1]")
+        if "{}" not in self.kl_prompt:
+            raise ConfigError("[editing] kl_prompt must contain {} where the subject goes")
+        if not self.context_prefixes:
+            raise ConfigError('[editing] context_prefixes needs at least one entry (use [""] for none)')
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    max_new_tokens: int = _help("longest answer, in tokens", 48)
+    system_prompt: str = _help("system message; empty keeps the model's default", "")
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError("[chat] max_new_tokens must be at least 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    covariance: CovarianceConfig = field(default_factory=CovarianceConfig)
+    editing: EditingConfig = field(default_factory=EditingConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+
+    def replace(self, section: str, **changes) -> "Config":
+        """A copy with some keys of one section changed (validated again)."""
+        updated = dataclasses.replace(getattr(self, section), **changes)
+        return dataclasses.replace(self, **{section: updated})
+
+
+def _section_from_table(section_type, name: str, table: dict):
+    known = {f.name: f for f in dataclasses.fields(section_type)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"config: unknown key {key!r} in section [{name}]; known keys: {', '.join(known)}"
+            )
+    for key, value in table.items():
+        expected = type(known[key].default) if known[key].default is not dataclasses.MISSING else list
+        if expected is float and isinstance(value, int):
+            table[key] = float(value)
+        elif not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise ConfigError(f"config: [{name}] {key} = {value!r} should be a {expected.__name__}")
+    return section_type(**table)
+
+
+def config_from_dict(data: dict) -> Config:
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    types = {name: globals()[type_name] for name, type_name in sections.items()}
+    built = {}
+    for name, table in data.items():
+        if name not in types:
+            raise ConfigError(f"config: unknown section [{name}]; known sections: {', '.join(types)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"config: [{name}] must be a table")
+        built[name] = _section_from_table(types[name], name, dict(table))
+    return Config(**built)
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read config.toml (LIVEDIT_CONFIG, then the project's own file, when path is None)."""
+    chosen = Path(path or os.environ.get("LIVEDIT_CONFIG") or DEFAULT_CONFIG_FILE)
+    if not chosen.exists():
+        if path is None and "LIVEDIT_CONFIG" not in os.environ:
+            return Config()
+        raise ConfigError(f"config file {chosen} does not exist")
+    try:
+        data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {chosen} is not valid TOML: {error}") from error
+    return config_from_dict(data)

@@ -1,0 +1,247 @@
+"""The editing engine: MEMIT, sequential MEMIT and D4S on a shadow of the served model.
+
+The shadow shares every parameter with the served model except the edited layers. All
+measuring and optimising happens on the shadow; a commit persists the new sums and then
+swaps the new edited-layer weights into the served model under a short lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from assistant.architectures import architecture_of, get_module, layer_count, stored_weight, weight_matrix
+from assistant.closed_form import memit_delta, realised_fraction, spread_residual
+from assistant.config import Config
+from assistant.errors import ConfigError, EditRejected, InvalidFact, StateError
+from assistant.facts import Fact
+from assistant.keys import keys_and_hidden
+from assistant.l1 import LayerNorms, layer_norms
+from assistant.ledger import Ledger, NewEdit
+from assistant.model_loading import LoadedModel
+from assistant.prompts import check_lengths, collate, fact_rows, kl_row
+from assistant.state import EditSums, edited_weight, remove_other_generations, write_generation
+from assistant.targets import optimise_targets
+
+log = logging.getLogger(__name__)
+
+
+def make_shadow(model: torch.nn.Module, edited_names: list[str]) -> torch.nn.Module:
+    """A copy of the model's modules that shares every tensor but the edited weights."""
+    edited = {id(get_module(model, name).weight) for name in edited_names}
+    shared = itertools.chain(model.parameters(), model.buffers())
+    memo = {id(tensor): tensor for tensor in shared if id(tensor) not in edited}
+    return copy.deepcopy(model, memo)
+
+
+@dataclass
+class ApplyReport:
+    edit_ids: list[int] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)     # fact ids already edited to the same object
+    superseded: list[int] = field(default_factory=list)    # earlier edits that a new object replaced
+    probabilities: list[float] = field(default_factory=list)
+
+
+class Editor:
+    """Owns the served model's edited layers, their durable sums and the ledger."""
+
+    def __init__(self, loaded: LoadedModel, config: Config, ledger: Ledger, sums: EditSums,
+                 sums_dir: Path, covariances: dict[int, torch.Tensor]):
+        self.loaded, self.model, self.tokenizer = loaded, loaded.model, loaded.tokenizer
+        self.config, self.ledger, self.sums, self.sums_dir = config, ledger, sums, sums_dir
+        self.C = covariances
+        self.arch = architecture_of(self.model)
+        self.layers = list(config.editing.layers)
+        self.names = {layer: self.arch.edited_module.format(layer) for layer in self.layers}
+        self.lock = threading.RLock()           # held by chat generation and by weight swaps
+        self.W0 = {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
+        self.shadow = make_shadow(self.model, list(self.names.values()))
+
+    @property
+    def method(self) -> str:
+        return self.sums.method
+
+    # -- weights ---------------------------------------------------------------------------
+    def _weight(self, model, layer: int) -> torch.Tensor:
+        return weight_matrix(get_module(model, self.names[layer]), self.arch.weight_transposed)
+
+    @torch.no_grad()
+    def _set_weight(self, model, layer: int, W: torch.Tensor) -> None:
+        parameter = get_module(model, self.names[layer]).weight
+        parameter.copy_(stored_weight(W, self.arch.weight_transposed).to(parameter.device))
+
+    def weights_from(self, sums: EditSums) -> dict[int, torch.Tensor]:
+        lam = self.config.editing.mom2_weight
+        weights = {layer: edited_weight(self.W0[layer], sums.offset(layer, self.C[layer], lam))
+                   for layer in self.layers}
+        for layer, W in weights.items():
+            if not torch.isfinite(W).all():
+                raise EditRejected(f"the edit made layer {layer}'s weights non-finite; nothing was applied")
+        return weights
+
+    def current_weights(self) -> dict[int, torch.Tensor]:
+        return {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
+
+    def rebuild(self) -> None:
+        """Set the shadow and the served model to W0 + the committed sums."""
+        weights = self.weights_from(self.sums)
+        with self.lock:
+            for layer, W in weights.items():
+                self._set_weight(self.shadow, layer, W)
+                self._set_weight(self.model, layer, W)
+
+    # -- editing ---------------------------------------------------------------------------
+    def max_prompt_tokens(self) -> int:
+        limit = self.config.editing.max_prompt_tokens
+        return limit or int(getattr(self.model.config, "max_position_embeddings", 1024))
+
+    def apply(self, facts: list[Fact], batch_size: int | None = None, progress=None) -> ApplyReport:
+        """Write facts into the weights in batches; each batch is one atomic commit."""
+        cfg = self.config.editing
+        check_lengths(facts, self.tokenizer, cfg.context_prefixes, self.max_prompt_tokens())
+        report = ApplyReport()
+        todo = []
+        for fact in facts:
+            active = self.ledger.active_edit_for_fact(fact.id)
+            if active and active.fact.target_new == fact.target_new:
+                report.unchanged.append(fact.id)
+            else:
+                todo.append(fact)
+        size = len(todo) if self.method == "memit" else (batch_size or cfg.batch_size)
+        for start in range(0, len(todo), max(size, 1)):
+            batch = todo[start:start + size]
+            ids, superseded, probabilities = self._apply_batch(batch)
+            report.edit_ids += ids
+            report.superseded += superseded
+            report.probabilities += probabilities
+            if progress:
+                progress(len(batch))
+        return report
+
+    def _apply_batch(self, facts: list[Fact]) -> tuple[list[int], list[int], list[float]]:
+        sums = self.sums.copy()
+        ended = {}
+        for fact in facts:
+            old = self.ledger.active_edit_for_fact(fact.id)
+            if old:
+                ended[old.id] = "superseded"
+                if self.method == "d4s":
+                    self._subtract(sums, old.id)
+        try:
+            if ended and self.method == "d4s":
+                for layer, W in self.weights_from(sums).items():
+                    self._set_weight(self.shadow, layer, W)
+            new_edits = self._edit_batch(facts, sums)
+            ids = self._commit(sums, new_edits, ended, f"edit {len(facts)} fact(s) with {self.method}")
+        except BaseException:
+            self._restore_shadow()
+            raise
+        return ids, list(ended), [e.target_probability for e in new_edits]
+
+    def _subtract(self, sums: EditSums, edit_id: int) -> None:
+        for layer, (k, r) in self.ledger.vectors(edit_id).items():
+            sums.add(layer, k[:, None], r[:, None], sign=-1.0)
+
+    def _restore_shadow(self) -> None:
+        for layer in self.layers:
+            self._set_weight(self.shadow, layer, self._weight(self.model, layer).detach())
+
+    def _edit_batch(self, facts: list[Fact], sums: EditSums) -> list[NewEdit]:
+        """Measure keys and targets on the shadow, then solve layer by layer (MEMIT's spread)."""
+        cfg, tok = self.config.editing, self.tokenizer
+        system, device = self.config.chat.system_prompt, next(self.model.parameters()).device
+        n, lam = len(facts), cfg.mom2_weight
+        train, key_rows, kl_rows = [], [], []
+        for i, fact in enumerate(facts):
+            train += fact_rows(i, fact, tok, cfg.context_prefixes, True, system)
+            key_rows += fact_rows(i, fact, tok, cfg.context_prefixes, False, system)
+            kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
+        pad = tok.pad_token_id
+        key_batch = collate(key_rows, pad, device)
+        last_block = get_module(self.shadow, self.arch.block_module.format(self.layers[-1]))
+        edited = lambda layer: get_module(self.shadow, self.names[layer])  # noqa: E731
+
+        K, H = keys_and_hidden(self.shadow, key_batch, n, edited(self.layers[0]), last_block)
+        targets = optimise_targets(self.shadow, collate(train, pad, device), collate(kl_rows, pad, device),
+                                   last_block, H.norm(dim=0).float(), cfg)
+        bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
+        if bad:
+            raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")
+        Z = H + targets.delta.T.double().cpu()                          # (d, n)
+        fraction = realised_fraction(K, self.C[self.layers[0]], lam, sums.T(self.layers[0]))
+        vectors: list[dict] = [{} for _ in facts]
+        for j, layer in enumerate(self.layers):
+            if j:
+                K, H = keys_and_hidden(self.shadow, key_batch, n, edited(layer), last_block)
+            R = spread_residual(Z, H, len(self.layers) - j)              # (d, n)
+            if self.method == "d4s":
+                sums.add(layer, K, R)
+            else:
+                sums.stack(layer, memit_delta(K, R, self.C[layer], lam))
+            W = edited_weight(self.W0[layer], sums.offset(layer, self.C[layer], lam))
+            if not torch.isfinite(W).all():
+                raise EditRejected(f"facts {[f.id for f in facts]} made layer {layer} non-finite; nothing applied")
+            self._set_weight(self.shadow, layer, W)
+            for i in range(n):
+                vectors[i][layer] = (K[:, i].clone(), R[:, i].clone())
+        return [NewEdit(f, vectors[i], float(targets.probability[i]), float(fraction[i]))
+                for i, f in enumerate(facts)]
+
+    def retract(self, edit_id: int) -> None:
+        """Remove one edit exactly (D4S): subtract its terms from the sums and solve again."""
+        record = self.ledger.edit(edit_id)
+        if record is None:
+            raise StateError(f"there is no edit {edit_id}; `livedit status` lists the edits")
+        if record.status != "active":
+            raise StateError(f"edit {edit_id} is already {record.status}")
+        if self.method != "d4s":
+            raise EditRejected(f"this state uses {self.method}; exact retraction needs d4s")
+        sums = self.sums.copy()
+        self._subtract(sums, edit_id)
+        self._commit(sums, [], {edit_id: "retracted"}, f"retract edit {edit_id}")
+
+    def _commit(self, sums: EditSums, new_edits: list[NewEdit], ended: dict[int, str], reason: str) -> list[int]:
+        weights = self.weights_from(sums)
+        norms = [layer_norms(layer, weights[layer], self.W0[layer]) for layer in self.layers]
+        generation = self.ledger.current_generation()[0] + 1
+        name = write_generation(self.sums_dir, generation, sums)
+        try:
+            ids = self.ledger.record_generation(generation, name, reason, new_edits, self.method, ended, norms)
+        except BaseException:
+            (self.sums_dir / name).unlink(missing_ok=True)
+            raise
+        self.sums = sums
+        remove_other_generations(self.sums_dir, keep=name)
+        with self.lock:
+            for layer, W in weights.items():
+                self._set_weight(self.shadow, layer, W)
+                self._set_weight(self.model, layer, W)
+        log.info("%s: generation %d committed", reason, generation)
+        return ids
+
+    # -- reports ---------------------------------------------------------------------------
+    def norms(self) -> list[LayerNorms]:
+        current = self.current_weights()
+        return [layer_norms(layer, current[layer], self.W0[layer]) for layer in self.layers]
+
+    def export(self, out: Path) -> Path:
+        """A standard Hugging Face checkpoint of the edited model."""
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise StateError(f"{out} exists and is not empty; choose a new folder")
+        with self.lock:
+            self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+
+def check_layers(config: Config, model) -> None:
+    count = layer_count(model)
+    if max(config.editing.layers) >= count:
+        raise ConfigError(f"[editing] layers {config.editing.layers}: this model has layers 0 to {count - 1}")

@@ -1,0 +1,81 @@
+"""Forward hooks that live only inside context managers.
+
+Every hook is removed in ``__exit__``, even when the forward pass raises.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output, hidden):
+    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextmanager
+def capture_inputs(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each module's first input, (B, T, d_in), under its name."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in modules.items():
+        def hook(_module, args, name=name):
+            captured[name] = args[0]
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def capture_outputs(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each module's output hidden state, (B, T, d), under its name."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in modules.items():
+        def hook(_module, _args, output, name=name):
+            captured[name] = _first(output)
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def edit_output(module: torch.nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace the module's output hidden state h by edit(h) during forward passes."""
+    def hook(_module, _args, output):
+        return _replace_first(output, edit(_first(output)))
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def stop_after(module: torch.nn.Module) -> Iterator[None]:
+    """End the forward pass right after ``module`` runs; the StopForward is swallowed."""
+    def hook(_module, _args, _output):
+        raise StopForward
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    except StopForward:
+        pass
+    finally:
+        handle.remove()

@@ -1,0 +1,111 @@
+"""Token rows for keys and targets: where each fact's subject ends, and what follows.
+
+A fact is seen through several prompt forms: its cloze prompt after each context
+prefix, and, when it has a natural question, the chat-template form of that question.
+Keys and residuals are averaged over these forms; the target optimisation trains the
+new object after each of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from assistant.chat import chat_prompt, encode_chat_prompt
+from assistant.errors import InvalidFact
+from assistant.facts import Fact
+
+
+@dataclass(frozen=True)
+class Row:
+    fact: int              # index of the fact in its batch
+    ids: list[int]         # prompt tokens (+ target tokens when training)
+    subject_pos: int       # index of the subject's last token
+    target_len: int = 0    # the last target_len tokens of ids are the target
+
+
+@dataclass
+class RowBatch:
+    input_ids: torch.Tensor       # (B, T), right-padded
+    attention_mask: torch.Tensor  # (B, T)
+    fact: torch.Tensor            # (B,) fact index per row
+    subject_pos: torch.Tensor     # (B,)
+    lengths: torch.Tensor         # (B,) unpadded lengths
+    rows: list[Row]
+
+
+def _token_at(offsets: list[tuple[int, int]], char: int) -> int:
+    for index, (start, end) in enumerate(offsets):
+        if start <= char < end:
+            return index
+    for index in range(len(offsets) - 1, -1, -1):   # a char the tokenizer folded away
+        if offsets[index][0] <= char:
+            return index
+    raise ValueError(char)
+
+
+def _encode_with_subject(tokenizer, text: str, subject_start: int, subject_end: int, chat: bool) -> tuple[list[int], int]:
+    special = not (chat and getattr(tokenizer, "chat_template", None))
+    encoded = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+    return list(encoded.input_ids), _token_at(encoded.offset_mapping, subject_end - 1)
+
+
+def prompt_forms(fact: Fact, tokenizer, prefixes: list[str], system_prompt: str = "") -> list[tuple[str, int, bool]]:
+    """(text, subject start char, is_chat) for each form of the fact's prompt."""
+    forms = []
+    for prefix in prefixes:
+        text = prefix + fact.filled_prompt
+        forms.append((text, len(prefix) + fact.prompt.index("{}"), False))
+    if fact.question:
+        text = chat_prompt(tokenizer, fact.question, system_prompt)
+        question_at = text.rindex(fact.question)
+        if fact.subject not in fact.question:
+            raise InvalidFact(f"fact {fact.id}: subject {fact.subject!r} does not occur in its question")
+        forms.append((text, question_at + fact.question.rindex(fact.subject), True))
+    return forms
+
+
+def target_ids(tokenizer, fact: Fact, chat: bool) -> list[int]:
+    text = fact.target_new if chat else " " + fact.target_new
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def fact_rows(index: int, fact: Fact, tokenizer, prefixes: list[str], with_targets: bool,
+              system_prompt: str = "") -> list[Row]:
+    rows = []
+    for text, start, chat in prompt_forms(fact, tokenizer, prefixes, system_prompt):
+        ids, subject_pos = _encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
+        target = target_ids(tokenizer, fact, chat) if with_targets else []
+        rows.append(Row(index, ids + target, subject_pos, len(target)))
+    return rows
+
+
+def kl_row(index: int, fact: Fact, tokenizer, kl_prompt: str) -> Row:
+    text = kl_prompt.replace("{}", fact.subject)
+    start = kl_prompt.index("{}")
+    ids, subject_pos = _encode_with_subject(tokenizer, text, start, start + len(fact.subject), False)
+    return Row(index, ids, subject_pos)
+
+
+def collate(rows: list[Row], pad_id: int, device: torch.device) -> RowBatch:
+    width = max(len(row.ids) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row.ids)] = torch.tensor(row.ids)
+        mask[i, :len(row.ids)] = 1
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+    return RowBatch(input_ids.to(device), mask.to(device), as_tensor([r.fact for r in rows]),
+                    as_tensor([r.subject_pos for r in rows]), as_tensor([len(r.ids) for r in rows]), rows)
+
+
+def check_lengths(facts: list[Fact], tokenizer, prefixes: list[str], max_tokens: int) -> None:
+    """Reject, naming the fact, any prompt form longer than the model's context."""
+    for index, fact in enumerate(facts):
+        for row in fact_rows(index, fact, tokenizer, prefixes, with_targets=True):
+            if len(row.ids) > max_tokens:
+                raise InvalidFact(
+                    f"fact {fact.id}: a prompt form has {len(row.ids)} tokens; the model accepts {max_tokens}. "
+                    "Shorten the prompt, question or target."
+                )

@@ -1,0 +1,113 @@
+"""Target vectors: a delta at the last edited block's output, at the subject's last
+token, optimised so that the model produces the new object after every prompt form.
+
+Loss per fact = NLL of the target over its forms
+              + kl_weight * KL(initial || current) on "{subject} is a"
+              + weight_decay * ||delta||^2 / ||h||^2,
+with the delta's norm clamped to clamp_norm_factor * ||h||, and a fact frozen as soon
+as its target probability passes stop_probability. All facts of a batch share each
+forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from assistant.config import EditingConfig
+from assistant.hooks import edit_output
+from assistant.prompts import RowBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Targets:
+    delta: torch.Tensor         # (n, d) float32, to add at the last edited block
+    probability: torch.Tensor   # (n,) final P(target), geometric mean over forms
+    steps: int
+
+
+def _add_at_subject(batch: RowBatch, delta: torch.Tensor):
+    rows = torch.arange(batch.input_ids.shape[0], device=delta.device)
+
+    def edit(hidden):                                  # (B, T, d)
+        shift = torch.zeros_like(hidden)
+        shift[rows, batch.subject_pos] = delta[batch.fact].to(hidden.dtype)
+        return hidden + shift
+    return edit
+
+
+def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, position predicting the token, token id) for every target token."""
+    rows, positions, tokens = [], [], []
+    for i, row in enumerate(batch.rows):
+        first = len(row.ids) - row.target_len
+        for t in range(first, len(row.ids)):
+            rows.append(i)
+            positions.append(t - 1)
+            tokens.append(row.ids[t])
+    device = batch.input_ids.device
+    return (torch.tensor(rows, device=device), torch.tensor(positions, device=device),
+            torch.tensor(tokens, device=device))
+
+
+def _final_hidden(model, batch: RowBatch) -> torch.Tensor:
+    return model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+
+
+def _per_fact_nll(model, batch: RowBatch, n_facts: int, where) -> torch.Tensor:
+    rows, positions, tokens = where
+    hidden = _final_hidden(model, batch)[rows, positions]                # (N_tok, d)
+    logprobs = torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)
+    token_nll = -logprobs.gather(1, tokens[:, None]).squeeze(1)         # (N_tok,)
+    row_nll = torch.zeros(len(batch.rows), device=token_nll.device).index_add_(0, rows, token_nll)
+    row_nll = row_nll / torch.tensor([r.target_len for r in batch.rows], device=row_nll.device)
+    fact_nll = torch.zeros(n_facts, device=row_nll.device).index_add_(0, batch.fact, row_nll)
+    return fact_nll / torch.bincount(batch.fact, minlength=n_facts)
+
+
+def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
+    hidden = _final_hidden(model, batch)
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.lengths - 1]
+    return torch.log_softmax(model.get_output_embeddings()(last).float(), dim=-1)   # (n, V)
+
+
+def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Module, h_norm: torch.Tensor,
+                     cfg: EditingConfig) -> Targets:
+    """Optimise one delta per fact. ``h_norm`` (n,) is ||h|| at each subject."""
+    n = h_norm.shape[0]
+    device = train.input_ids.device
+    delta = torch.zeros(n, model.config.hidden_size, device=device, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=cfg.learning_rate)
+    where = _target_positions(train)
+    with torch.no_grad():
+        initial_kl = _last_logprobs(model, kl)
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    probability = torch.zeros(n, device=device)
+    max_norm = cfg.clamp_norm_factor * h_norm.to(device)
+    step = 0
+    for step in range(1, cfg.steps + 1):
+        optimiser.zero_grad()
+        with edit_output(block, _add_at_subject(train, delta)):
+            nll = _per_fact_nll(model, train, n, where)
+        with edit_output(block, _add_at_subject(kl, delta)):
+            current = _last_logprobs(model, kl)
+        kl_term = torch.nn.functional.kl_div(current, initial_kl, log_target=True, reduction="none").sum(-1)
+        decay = (delta.norm(dim=1) / h_norm.to(device)) ** 2
+        probability = torch.exp(-nll.detach())
+        active &= probability < cfg.stop_probability
+        if not active.any():
+            break
+        loss = ((nll + cfg.kl_weight * kl_term + cfg.weight_decay * decay) * active).sum()
+        loss.backward()
+        frozen = delta.detach()[~active].clone()
+        optimiser.step()
+        with torch.no_grad():
+            delta[~active] = frozen
+            norms = delta.norm(dim=1, keepdim=True)
+            delta.mul_(torch.clamp(max_norm[:, None] / norms.clamp(min=1e-12), max=1.0))
+    log.debug("targets: %d steps, P(target) %s", step, probability.tolist())
+    return Targets(delta.detach(), probability.detach(), step)

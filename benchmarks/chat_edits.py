@@ -1,0 +1,55 @@
+"""Do edits show in chat? Edit QAEdit questions with d4s, then ask them through the chat
+template (greedy) and count answers that contain the new answer.
+
+    python benchmarks/chat_edits.py --start 0 --count 50 --state-dir /tmp/chat-state \
+        --out benchmarks/results/chat_edits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+
+from assistant.engine import open_editor
+from assistant.metrics import answers, chat_scores, locality_questions
+from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="qaedit", choices=["qaedit", "zsre"])
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=None)
+    common_arguments(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = configured(args.set)
+    facts = load_slice(config, args.data, args.start, args.count)
+    editor = open_editor(config, state_dir=args.state_dir)
+    tok, system = editor.tokenizer, config.chat.system_prompt
+    before = chat_scores(editor.model, tok, facts, system_prompt=system)
+    locality_before = answers(editor.model, tok, locality_questions(facts), 32, system)
+    started = time.perf_counter()
+    report = editor.apply(facts, batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    after = chat_scores(editor.model, tok, facts, system_prompt=system, locality_before=locality_before)
+    write_json(args.out, {
+        "data": args.data, "start": args.start, "count": len(facts), "method": editor.method,
+        "config": dataclasses.asdict(config.editing), "environment": environment(),
+        "seconds_per_edit": seconds / len(facts),
+        "target_probability_mean": sum(report.probabilities) / len(report.probabilities),
+        "before": {"efficacy": before.efficacy, "paraphrase": before.paraphrase},
+        "after": {"efficacy": after.efficacy, "paraphrase": after.paraphrase, "locality": after.locality},
+        "l1_growth": {n.layer: n.growth for n in editor.norms()},
+        "examples": [{"question": f.question, "target": f.target_new, "answer": a, "paraphrase": f.paraphrases[0],
+                      "paraphrase_answer": p} for f, a, p in zip(facts, after.answers, after.paraphrase_answers)],
+    })
+    print(f"chat efficacy {before.efficacy:.2f} -> {after.efficacy:.2f}, paraphrase {before.paraphrase:.2f} -> "
+          f"{after.paraphrase:.2f}, locality {after.locality:.2f}, {seconds / len(facts):.1f} s/edit")
+
+
+if __name__ == "__main__":
+    main()

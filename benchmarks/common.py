@@ -1,0 +1,71 @@
+"""Shared plumbing for the benchmark scripts: data slices, config overrides, results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from assistant.config import Config, load_config
+from assistant.facts import Fact, fact_from_record
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def data_file(config: Config, name: str) -> Path:
+    files = {
+        "counterfact": "counterfact/counterfact-edit-dev.json",
+        "qaedit": "qaedit/qaedit-dev.json",
+        "zsre": "zsre/zsre_mend_eval_portability_gpt4.json",
+    }
+    return config.paths.shared_data_dir() / files[name]
+
+
+def load_slice(config: Config, name: str, start: int, count: int) -> list[Fact]:
+    records = json.loads(data_file(config, name).read_text(encoding="utf-8"))[start:start + count]
+    return [fact_from_record(record, f"{name}[{start + i}]") for i, record in enumerate(records)]
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """'editing.mom2_weight=150' -> ('editing', 'mom2_weight', 150.0)."""
+    key, _, raw = text.partition("=")
+    section, _, name = key.partition(".")
+    return section, name, json.loads(raw) if raw[:1] in "[{\"0123456789-tf" else raw
+
+
+def configured(overrides: list[str]) -> Config:
+    config = load_config()
+    for text in overrides:
+        section, name, value = parse_override(text)
+        current = getattr(getattr(config, section), name)
+        config = config.replace(section, **{name: type(current)(value) if not isinstance(current, list) else value})
+    return config
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config.toml key, e.g. editing.mom2_weight=150")
+    parser.add_argument("--state-dir", required=True, help="a fresh state directory for this run")
+    parser.add_argument("--out", required=True, help="JSON results file")
+
+
+def environment() -> dict:
+    device = "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "commit": commit, "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def write_json(path: Path | str, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload, indent=1))
+    os.replace(temporary, path)
