@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,12 +118,38 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class UpdaterConfig:
+    collection: str = _help("chromadb collection of the current curated facts (3-512 of a-z A-Z 0-9 . _ -)",
+                            "livedit_facts")
+    recheck_days: int = _help("days before the detector probes a curated fact again", 7)
+    auto_approve_agreeing_corrections: bool = _help(
+        "approve a chat correction without a curator when it agrees with the curated store", False)
+    max_id_chars: int = _help("longest fact id", 128)
+    max_text_chars: int = _help("longest subject, prompt, question, object, alias or source", 500)
+    max_aliases: int = _help("most aliases one fact may have", 20)
+
+    def __post_init__(self):
+        name = self.collection
+        if not (3 <= len(name) <= 512 and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]", name)):
+            raise ConfigError(f"[updater] collection = {name!r}: use 3-512 characters of a-z A-Z 0-9 . _ -, "
+                              "starting and ending with a letter or digit")
+        if self.recheck_days < 1:
+            raise ConfigError("[updater] recheck_days must be at least 1")
+        if not (8 <= self.max_id_chars <= 1000 and 20 <= self.max_text_chars <= 2000):
+            raise ConfigError("[updater] max_id_chars must be in 8..1000 and max_text_chars in 20..2000 "
+                              "(2000 is the editing engine's own limit)")
+        if self.max_aliases < 0:
+            raise ConfigError("[updater] max_aliases must be 0 or more")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     covariance: CovarianceConfig = field(default_factory=CovarianceConfig)
     editing: EditingConfig = field(default_factory=EditingConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    updater: UpdaterConfig = field(default_factory=UpdaterConfig)
 
     def replace(self, section: str, **changes) -> "Config":
         """A copy with some keys of one section changed (validated again)."""

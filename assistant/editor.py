@@ -169,7 +169,7 @@ class Editor:
 
         K, H = keys_and_hidden(self.shadow, key_batch, n, edited(self.layers[0]), last_block)
         targets = optimise_targets(self.shadow, collate(train, pad, device), collate(kl_rows, pad, device),
-                                   last_block, H.norm(dim=0).float(), cfg)
+                                   last_block, H.norm(dim=0).float(), cfg, pad)
         bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
         if bad:
             raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")

@@ -34,6 +34,13 @@ class RowBatch:
     lengths: torch.Tensor         # (B,) unpadded lengths
     rows: list[Row]
 
+    def only_facts(self, keep: torch.Tensor) -> "RowBatch":
+        """The rows of the facts where ``keep`` (n_facts,) is True, trimmed to their width."""
+        chosen = keep[self.fact].nonzero().squeeze(1)
+        width = int(self.lengths[chosen].max())
+        return RowBatch(self.input_ids[chosen, :width], self.attention_mask[chosen, :width], self.fact[chosen],
+                        self.subject_pos[chosen], self.lengths[chosen], [self.rows[i] for i in chosen.tolist()])
+
 
 def _token_at(offsets: list[tuple[int, int]], char: int) -> int:
     for index, (start, end) in enumerate(offsets):

@@ -18,6 +18,7 @@ import torch
 
 from assistant.config import EditingConfig
 from assistant.hooks import edit_output
+from assistant.prefix_cache import split_rows, suffix_hidden
 from assistant.prompts import RowBatch
 
 log = logging.getLogger(__name__)
@@ -30,74 +31,76 @@ class Targets:
     steps: int
 
 
-def _add_at_subject(batch: RowBatch, delta: torch.Tensor):
-    rows = torch.arange(batch.input_ids.shape[0], device=delta.device)
+def _add_at(fact: torch.Tensor, position: torch.Tensor, delta: torch.Tensor):
+    """A hidden-state edit adding delta[fact[i]] at (row i, position[i])."""
+    rows = torch.arange(fact.shape[0], device=delta.device)
 
     def edit(hidden):                                  # (B, T, d)
         shift = torch.zeros_like(hidden)
-        shift[rows, batch.subject_pos] = delta[batch.fact].to(hidden.dtype)
+        shift[rows, position] = delta[fact].to(hidden.dtype)
         return hidden + shift
     return edit
 
 
 def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row, position predicting the token, token id) for every target token."""
+    """(row, suffix position predicting the token, token id) for every target token; suffix
+    positions count from the row's subject token."""
     rows, positions, tokens = [], [], []
     for i, row in enumerate(batch.rows):
         first = len(row.ids) - row.target_len
         for t in range(first, len(row.ids)):
             rows.append(i)
-            positions.append(t - 1)
+            positions.append(t - 1 - row.subject_pos)
             tokens.append(row.ids[t])
     device = batch.input_ids.device
     return (torch.tensor(rows, device=device), torch.tensor(positions, device=device),
             torch.tensor(tokens, device=device))
 
 
-def _final_hidden(model, batch: RowBatch) -> torch.Tensor:
-    return model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-
-
-def _per_fact_nll(model, batch: RowBatch, n_facts: int, where) -> torch.Tensor:
-    rows, positions, tokens = where
-    hidden = _final_hidden(model, batch)[rows, positions]                # (N_tok, d)
-    logprobs = torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)
-    token_nll = -logprobs.gather(1, tokens[:, None]).squeeze(1)         # (N_tok,)
+def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) -> torch.Tensor:
+    """Mean over each fact's forms of the mean per-token NLL of its target. (n_facts,)"""
+    rows, positions, tokens = _target_positions(batch)
+    logprobs = torch.log_softmax(model.get_output_embeddings()(hidden[rows, positions]).float(), dim=-1)
+    token_nll = -logprobs.gather(1, tokens[:, None]).squeeze(1)          # (N_tok,)
     row_nll = torch.zeros(len(batch.rows), device=token_nll.device).index_add_(0, rows, token_nll)
     row_nll = row_nll / torch.tensor([r.target_len for r in batch.rows], device=row_nll.device)
     fact_nll = torch.zeros(n_facts, device=row_nll.device).index_add_(0, batch.fact, row_nll)
-    return fact_nll / torch.bincount(batch.fact, minlength=n_facts)
+    return fact_nll / torch.bincount(batch.fact, minlength=n_facts).clamp(min=1)
 
 
 def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
-    hidden = _final_hidden(model, batch)
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.lengths - 1]
     return torch.log_softmax(model.get_output_embeddings()(last).float(), dim=-1)   # (n, V)
 
 
 def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Module, h_norm: torch.Tensor,
-                     cfg: EditingConfig) -> Targets:
+                     cfg: EditingConfig, pad: int) -> Targets:
     """Optimise one delta per fact. ``h_norm`` (n,) is ||h|| at each subject."""
     n = h_norm.shape[0]
     device = train.input_ids.device
     delta = torch.zeros(n, model.config.hidden_size, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=cfg.learning_rate)
-    where = _target_positions(train)
     with torch.no_grad():
         initial_kl = _last_logprobs(model, kl)
     active = torch.ones(n, dtype=torch.bool, device=device)
     probability = torch.zeros(n, device=device)
     max_norm = cfg.clamp_norm_factor * h_norm.to(device)
-    step = 0
+    step, split, split_for = 0, None, None
     for step in range(1, cfg.steps + 1):
         optimiser.zero_grad()
-        with edit_output(block, _add_at_subject(train, delta)):
-            nll = _per_fact_nll(model, train, n, where)
-        with edit_output(block, _add_at_subject(kl, delta)):
-            current = _last_logprobs(model, kl)
-        kl_term = torch.nn.functional.kl_div(current, initial_kl, log_target=True, reduction="none").sum(-1)
+        if split_for is None or not torch.equal(split_for, active):      # converged facts cost nothing
+            split, split_for = split_rows(model, train.only_facts(active), pad), active.clone()
+        rows, kl_rows = split.source, kl.only_facts(active)
+        with edit_output(block, _add_at(rows.fact, torch.zeros_like(rows.fact), delta)):
+            nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
+        with edit_output(block, _add_at(kl_rows.fact, kl_rows.subject_pos, delta)):
+            current = _last_logprobs(model, kl_rows)
+        kl_term = torch.zeros(n, device=device)
+        kl_term[kl_rows.fact] = torch.nn.functional.kl_div(
+            current, initial_kl[kl_rows.fact], log_target=True, reduction="none").sum(-1)
         decay = (delta.norm(dim=1) / h_norm.to(device)) ** 2
-        probability = torch.exp(-nll.detach())
+        probability = torch.where(active, torch.exp(-nll.detach()), probability)
         active &= probability < cfg.stop_probability
         if not active.any():
             break

@@ -1,0 +1,180 @@
+"""`livedit`: the command line. Domain errors become one-line messages here, and only here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from assistant.config import METHODS, Config, load_config
+from assistant.errors import LiveditError
+
+
+def _config(args) -> Config:
+    config = load_config(args.config)
+    if args.model:
+        config = config.replace("model", path=args.model)
+    return config
+
+
+def _editor(args, method: str | None = None):
+    from assistant.engine import open_editor
+    return open_editor(_config(args), state_dir=args.state_dir, method=method, progress=not args.quiet)
+
+
+def cmd_edit(args) -> None:
+    from tqdm.auto import tqdm
+
+    from assistant.facts import load_facts
+
+    facts = load_facts(args.facts)          # a bad record fails before anything is loaded
+    editor = _editor(args, args.method)
+    with tqdm(total=len(facts), desc=f"editing ({editor.method})", unit="fact", disable=args.quiet) as bar:
+        report = editor.apply(facts, batch_size=args.batch_size, progress=bar.update)
+    print(f"applied {len(report.edit_ids)} edit(s) with {editor.method}: ids {_ranges(report.edit_ids)}")
+    if report.unchanged:
+        print(f"already in the model, unchanged: {', '.join(report.unchanged)}")
+    if report.superseded:
+        print(f"superseded earlier edit(s): {_ranges(report.superseded)}")
+    _print_norms(editor)
+
+
+def _ranges(ids: list[int]) -> str:
+    if not ids:
+        return "-"
+    return f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) \
+        else ", ".join(map(str, ids))
+
+
+def _print_norms(editor) -> None:
+    print("layer  L1 (mean |w|)  growth vs W0  mean |W - W0|")
+    for n in editor.norms():
+        print(f"{n.layer:>5}  {n.mean_abs:13.6f}  {n.growth * 100:+11.3f}%  {n.mean_abs_delta:13.3e}")
+
+
+def cmd_retract(args) -> None:
+    editor = _editor(args)
+    editor.retract(args.edit_id)
+    print(f"retracted edit {args.edit_id}")
+    _print_norms(editor)
+
+
+def cmd_status(args) -> None:
+    editor = _editor(args)
+    edits = editor.ledger.edits()
+    active = [e for e in edits if e.status == "active"]
+    print(f"state {editor.sums_dir.parent} | method {editor.method} | model {editor.loaded.path}")
+    print(f"{len(active)} active edit(s), {len(edits) - len(active)} retracted or superseded")
+    for e in edits[-args.limit:]:
+        fact = e.fact
+        print(f"  {e.id:>5} {e.status:<10} {fact.id:<14} {fact.filled_prompt!r} -> {fact.target_new!r}"
+              f"  P={e.target_probability or 0:.2f}")
+    _print_norms(editor)
+
+
+def cmd_ask(args) -> None:
+    from assistant.chat import stream_answer
+
+    editor = _editor(args)
+    text = ""
+    for text_so_far in stream_answer(editor.model, editor.tokenizer, args.question,
+                                     editor.config.chat.max_new_tokens, editor.config.chat.system_prompt,
+                                     lock=editor.lock):
+        sys.stdout.write(text_so_far[len(text):])
+        sys.stdout.flush()
+        text = text_so_far
+    print()
+
+
+def cmd_chat(args) -> None:
+    from assistant.chat import stream_answer
+
+    editor = _editor(args)
+    active = len(editor.ledger.edits("active"))
+    print(f"livedit chat on {editor.loaded.path.name} with {active} edit(s) ({editor.method}). "
+          "Empty line or Ctrl-D quits.")
+    while True:
+        try:
+            question = input("you> ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        shown = ""
+        sys.stdout.write("model> ")
+        for text in stream_answer(editor.model, editor.tokenizer, question, editor.config.chat.max_new_tokens,
+                                  editor.config.chat.system_prompt, lock=editor.lock):
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+        print()
+
+
+def cmd_export(args) -> None:
+    editor = _editor(args)
+    out = editor.export(Path(args.out))
+    print(f"exported the edited model to {out} (load it with transformers' from_pretrained)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livedit", description="A chat model that keeps learning corrections.")
+    parser.add_argument("--config", help="config.toml to use (default: LIVEDIT_CONFIG or the project's own)")
+    parser.add_argument("--state-dir", help="edit state directory (default: LIVEDIT_STATE_DIR or $LIVEDIT_HOME/state)")
+    parser.add_argument("--model", help="a local Hugging Face model directory instead of the default model")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    edit = commands.add_parser("edit", help="write facts from a file into the model's weights")
+    edit.add_argument("--facts", required=True, help="JSONL of our fact format, or EasyEdit CounterFact JSON")
+    edit.add_argument("--method", choices=METHODS, help="editing method (fixed per state directory)")
+    edit.add_argument("--batch-size", type=int, help="facts per batch (default from config.toml)")
+    edit.set_defaults(run=cmd_edit)
+
+    retract = commands.add_parser("retract", help="remove one edit exactly (d4s)")
+    retract.add_argument("edit_id", type=int)
+    retract.set_defaults(run=cmd_retract)
+
+    status = commands.add_parser("status", help="the edits, and the L1 growth per layer")
+    status.add_argument("--limit", type=int, default=20, help="show the last N edits")
+    status.set_defaults(run=cmd_status)
+
+    ask = commands.add_parser("ask", help="one chat turn with the current model")
+    ask.add_argument("question")
+    ask.set_defaults(run=cmd_ask)
+
+    chat = commands.add_parser("chat", help="chat with the current model in the terminal")
+    chat.set_defaults(run=cmd_chat)
+
+    export = commands.add_parser("export", help="save the edited model as a Hugging Face checkpoint")
+    export.add_argument("--out", required=True)
+    export.set_defaults(run=cmd_export)
+
+    from updater.cli import register_commands
+    register_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        args.run(args)
+    except LiveditError as error:
+        print(f"livedit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("livedit: interrupted; committed edits are kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

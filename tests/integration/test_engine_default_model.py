@@ -1,0 +1,73 @@
+"""The editing engine on the real default model, end to end (issue: editing engine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from assistant.engine import open_editor
+from assistant.facts import fact_from_record, make_fact
+from assistant.metrics import answer_contains, completion_nll
+from benchmarks.common import data_file
+
+pytestmark = pytest.mark.integration
+
+ASKED = make_fact(id="darrieux-tongue", subject="Danielle Darrieux", prompt="The mother tongue of {} is",
+                  target_new="English", target_true="French",
+                  question="What is the mother tongue of Danielle Darrieux?")
+
+
+@pytest.fixture(scope="module")
+def edited(real_config, load_real_model, tmp_path_factory):
+    """Ten CounterFact facts (records 1-10) plus one fact with a question, edited with d4s."""
+    records = json.loads(data_file(real_config, "counterfact").read_text())[1:11]
+    facts = [fact_from_record(record) for record in records]
+    state = tmp_path_factory.mktemp("d4s-state")
+    editor = open_editor(real_config, state_dir=state, method="d4s", loaded=load_real_model(), progress=False)
+    report = editor.apply(facts + [ASKED], batch_size=11)
+    return editor, facts, report, state
+
+
+def test_ten_counterfact_edits_are_preferred(edited):
+    editor, facts, report, _ = edited
+    assert len(report.edit_ids) == 11
+    prompts = [f.filled_prompt for f in facts]
+    nll_new = completion_nll(editor.model, editor.tokenizer, prompts, [f.target_new for f in facts])
+    nll_true = completion_nll(editor.model, editor.tokenizer, prompts, [f.target_true for f in facts])
+    preferred = int((nll_new < nll_true).sum())
+    assert preferred >= 9, f"the new object is preferred on only {preferred} of 10 prompts"
+    assert all(abs(n.growth) < 0.05 for n in editor.norms())
+
+
+def test_ask_in_a_new_process_answers_with_the_new_object(edited, cli_env):
+    _, _, _, state = edited
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "--quiet", "--state-dir", str(state), "ask", ASKED.question],
+        capture_output=True, text=True, env=cli_env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert answer_contains(result.stdout, "English"), result.stdout
+
+
+def test_export_loads_in_plain_transformers(edited, tmp_path):
+    editor, _, _, _ = edited
+    out = editor.export(tmp_path / "exported")
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    for layer in editor.layers:
+        name = editor.names[layer] + ".weight"
+        assert torch.equal(plain.state_dict()[name], editor.model.state_dict()[name])
+
+
+def test_status_and_retract_through_the_cli(edited, cli_env, tmp_path):
+    _, _, report, state = edited
+    status = subprocess.run([sys.executable, "-m", "assistant.cli", "--quiet", "--state-dir", str(state), "status"],
+                            capture_output=True, text=True, env=cli_env, timeout=600)
+    assert status.returncode == 0, status.stderr
+    assert "11 active edit(s)" in status.stdout and "growth" in status.stdout
+    bad = subprocess.run([sys.executable, "-m", "assistant.cli", "--quiet", "--state-dir", str(state),
+                          "retract", "999"], capture_output=True, text=True, env=cli_env, timeout=600)
+    assert bad.returncode == 2 and "no edit 999" in bad.stderr
