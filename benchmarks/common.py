@@ -57,7 +57,10 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def environment() -> dict:
     device = "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = os.environ.get("LIVEDIT_COMMIT", "")
     return {"device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "commit": commit, "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
