@@ -93,6 +93,8 @@ class EditingConfig:
         if self.method not in METHODS:
             raise ConfigError(f"[editing] method = {self.method!r}: use one of {', '.join(METHODS)}")
         layers = list(self.layers)
+        if any(not isinstance(layer, int) or isinstance(layer, bool) for layer in layers):
+            raise ConfigError(f"[editing] layers = {layers}: every layer must be an integer index")
         if not layers or layers != sorted(set(layers)) or min(layers) < 0:
             raise ConfigError(f"[editing] layers = {layers}: give distinct, ascending, non-negative indices")
         if self.mom2_weight <= 0:

@@ -104,7 +104,11 @@ class Editor:
     def apply(self, facts: list[Fact], batch_size: int | None = None, progress=None) -> ApplyReport:
         """Write facts into the weights in batches; each batch is one atomic commit."""
         cfg = self.config.editing
-        check_lengths(facts, self.tokenizer, cfg.context_prefixes, self.max_prompt_tokens())
+        repeated = sorted({f.id for f in facts if sum(g.id == f.id for g in facts) > 1})
+        if repeated:
+            raise InvalidFact(f"fact id(s) {', '.join(repeated)} appear more than once; give each fact once")
+        check_lengths(facts, self.tokenizer, cfg.context_prefixes, self.max_prompt_tokens(),
+                      self.config.chat.system_prompt)
         report = ApplyReport()
         todo = []
         for fact in facts:

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 from assistant.architectures import architecture_of, get_module, weight_matrix
-from assistant.config import Config
+from assistant.config import METHODS, Config
 from assistant.covariance import load_or_compute
 from assistant.editor import Editor, check_layers
-from assistant.errors import StateError
+from assistant.errors import ConfigError, StateError
 from assistant.ledger import Ledger
 from assistant.model_loading import LoadedModel, load_model
 from assistant.state import EditSums, read_generation, remove_other_generations
@@ -50,6 +50,8 @@ def _check_identity(ledger: Ledger, wanted: dict, folder: Path, method_given: bo
 def open_editor(config: Config, state_dir: Path | str | None = None, method: str | None = None,
                 loaded: LoadedModel | None = None, progress: bool = True) -> Editor:
     """The engine over ``state_dir``, with the served model rebuilt to W0 + committed sums."""
+    if method is not None and method not in METHODS:
+        raise ConfigError(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
     loaded = loaded or load_model(config)
     check_layers(config, loaded.model)
     folder = state_dir_for(config, state_dir)

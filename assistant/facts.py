@@ -76,7 +76,8 @@ def make_template(prompt: str, subject: str, where: str) -> str:
 
 
 def make_fact(*, id, subject, prompt, target_new, target_true=None, question=None,
-              paraphrases=(), neighborhood=(), where: str = "fact") -> Fact:
+              paraphrases=(), neighborhood=(), where: str | None = None) -> Fact:
+    where = where or (f"fact {id}" if id not in (None, "") else "fact")
     subject = _clean_text(subject, "subject", where, True)
     prompt = _clean_text(prompt, "prompt", where, True)
     target_new = _clean_text(target_new, "target_new", where, True)

@@ -38,6 +38,7 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration]) -> list[str]:
     applied = []
     for migration in migrations[len(done):]:
         with conn:
+            conn.execute("BEGIN")
             for statement in migration.sql.split(";"):
                 if statement.strip():
                     conn.execute(statement)

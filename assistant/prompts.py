@@ -107,10 +107,10 @@ def collate(rows: list[Row], pad_id: int, device: torch.device) -> RowBatch:
                     as_tensor([r.subject_pos for r in rows]), as_tensor([len(r.ids) for r in rows]), rows)
 
 
-def check_lengths(facts: list[Fact], tokenizer, prefixes: list[str], max_tokens: int) -> None:
+def check_lengths(facts: list[Fact], tokenizer, prefixes: list[str], max_tokens: int, system_prompt: str = "") -> None:
     """Reject, naming the fact, any prompt form longer than the model's context."""
     for index, fact in enumerate(facts):
-        for row in fact_rows(index, fact, tokenizer, prefixes, with_targets=True):
+        for row in fact_rows(index, fact, tokenizer, prefixes, True, system_prompt):
             if len(row.ids) > max_tokens:
                 raise InvalidFact(
                     f"fact {fact.id}: a prompt form has {len(row.ids)} tokens; the model accepts {max_tokens}. "

@@ -1,0 +1,257 @@
+"""Fixtures for the unit tests: a tiny tokenizer, a tiny random Llama and GPT-2, a fake
+shared-data folder, and livedit's directories pointed at temporary ones.
+
+Nothing here touches the network: the tokenizer is trained on sentences made in code,
+and the models are random, built from their configs and saved to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"            # never reach a model hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from assistant.config import load_config  # noqa: E402
+from assistant.facts import make_fact  # noqa: E402
+
+EOS, PAD = "<|endoftext|>", "<pad>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+SUBJECTS = ["Paris", "Berlin", "Tokyo", "Madrid", "Danielle Darrieux", "Toko Yasuda", "the Eiffel Tower",
+            "Apple", "Marie Curie", "the Nile", "Lake Victoria", "Mount Fuji", "Johann Bach", "Ada Lovelace"]
+OBJECTS = ["France", "Germany", "Japan", "Spain", "Italy", "Egypt", "music", "physics", "chemistry",
+           "football", "English", "French", "the piano", "the violin", "London", "Rome"]
+RELATIONS = ["is located in", "was born in", "speaks", "plays", "is known for", "works in",
+             "is the capital of", "was founded in", "is famous for", "lives near"]
+FILLERS = ["Many people say that", "In the old books,", "According to the records,", "It is often said that",
+           "Everyone knows that", "Historians agree that", "The guide told us that", "On a quiet morning,"]
+TAILS = ["and the river runs north.", "and the weather was mild.", "so the crowd went home.",
+         "while the band kept playing.", "after a long winter.", "during the summer festival.",
+         "before the war began.", "as the report explains."]
+
+
+def english_sentences(count: int = 400, seed: int = 0) -> list[str]:
+    """Plain English sentences built from word lists (deterministic)."""
+    rng = random.Random(seed)
+    return [f"{rng.choice(FILLERS)} {rng.choice(SUBJECTS)} {rng.choice(RELATIONS)} {rng.choice(OBJECTS)} "
+            f"{rng.choice(TAILS)}" for _ in range(count)]
+
+
+def build_tokenizer(sentences: list[str], chat_template: str | None = None, vocab_size: int = 600):
+    """A byte-level BPE trained on ``sentences``, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(sentences + SUBJECTS + OBJECTS + RELATIONS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS, pad_token=PAD)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def sentences() -> list[str]:
+    return english_sentences()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(sentences):
+    return build_tokenizer(sentences)
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(sentences):
+    return build_tokenizer(sentences, chat_template=CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory, sentences) -> Path:
+    root = tmp_path_factory.mktemp("shared-data")
+    wiki = root / "text" / "wikitext2_raw"
+    wiki.mkdir(parents=True)
+    lines = [" = Valkyria Chronicles = ", ""]
+    for i, sentence in enumerate(sentences):
+        lines.append(" " + sentence)
+        if i % 50 == 49:
+            lines += ["", f" = = Section {i // 50} = = ", ""]
+    (wiki / "wiki.test.raw").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    me_ppl = root / "text" / "me_ppl"
+    me_ppl.mkdir(parents=True)
+    records = [{"Corpus": "generated", "Text": " ".join(sentences[i:i + 3])} for i in range(0, len(sentences), 3)]
+    (me_ppl / "ME-PPL.json").write_text(json.dumps(records), encoding="utf-8")
+    return root
+
+
+def _save_model(model, tokenizer, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory, tokenizer) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1234)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    return _save_model(LlamaForCausalLM(config).eval(), tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory, tokenizer) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(4321)
+    config = GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=128, vocab_size=len(tokenizer),
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return _save_model(GPT2LMHeadModel(config).eval(), tokenizer, tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def model_dirs(llama_dir, gpt2_dir) -> dict[str, Path]:
+    return {"llama": llama_dir, "gpt2": gpt2_dir}
+
+
+@pytest.fixture(autouse=True)
+def livedit_dirs(request, tmp_path, monkeypatch):
+    """LIVEDIT_HOME, LIVEDIT_STATE_DIR and LIVEDIT_SHARED_DATA in temporary folders, and one
+    torch thread (the machine is small and shared). Integration tests keep their own setup."""
+    if request.node.get_closest_marker("integration"):
+        yield {}
+        return
+    shared = request.getfixturevalue("shared_data_dir")
+    dirs = {"home": tmp_path / "home", "state": tmp_path / "state", "shared": shared}
+    monkeypatch.setenv("LIVEDIT_HOME", str(dirs["home"]))
+    monkeypatch.setenv("LIVEDIT_STATE_DIR", str(dirs["state"]))
+    monkeypatch.setenv("LIVEDIT_SHARED_DATA", str(shared))
+    monkeypatch.delenv("LIVEDIT_CONFIG", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield dirs
+    torch.set_num_threads(threads)
+
+
+EDITING = dict(layers=[1, 2], mom2_weight=10.0, steps=6, batch_size=4, context_prefixes=["", "Note: "])
+
+
+@pytest.fixture
+def make_config(model_dirs):
+    """make_config("llama", steps=3) -> the project's config on a tiny model, small settings."""
+    def make(model: str = "llama", **editing):
+        config = load_config()
+        config = config.replace("model", path=str(model_dirs[model]), device="cpu", dtype="float32")
+        config = config.replace("editing", **{**EDITING, **editing})
+        return config.replace("covariance", tokens=2000, sequence_length=32, batch_size=8)
+    return make
+
+
+@pytest.fixture
+def open_engine(make_config, livedit_dirs):
+    """open_engine("gpt2", method="d4s") -> an Editor on a freshly loaded tiny model."""
+    from assistant.engine import open_editor
+
+    opened = []
+
+    def open_(model: str = "llama", method: str | None = None, state_dir: Path | None = None,
+              loaded=None, config=None, **editing):
+        config = config or make_config(model, **editing)
+        editor = open_editor(config, state_dir=state_dir or livedit_dirs["state"], method=method,
+                             loaded=loaded, progress=False)
+        opened.append(editor)
+        return editor
+
+    yield open_
+    for editor in opened:
+        editor.ledger.close()
+
+
+def fact(index: int, subject: str | None = None, target: str | None = None, **extra):
+    """A fact whose prompt holds its subject: "<subject> <relation>" -> target."""
+    subject = subject or SUBJECTS[index % len(SUBJECTS)]
+    relation = RELATIONS[index % len(RELATIONS)]
+    return make_fact(id=extra.pop("id", f"fact-{index}"), subject=subject, prompt=f"{subject} {relation}",
+                     target_new=target or OBJECTS[(3 * index + 1) % len(OBJECTS)], **extra)
+
+
+@pytest.fixture
+def new_fact():
+    """new_fact(3, target="Rome") -> a valid Fact (see ``fact``)."""
+    return fact
+
+
+@pytest.fixture
+def facts():
+    return [fact(i) for i in range(4)]
+
+
+# -- looking into an editor -----------------------------------------------------------------
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    scale = b.norm().item() or 1.0
+    return (a - b).norm().item() / scale
+
+
+def snapshot(editor) -> dict:
+    """Everything a rejected edit must leave as it was."""
+    return {
+        "served": editor.current_weights(),
+        "shadow": {layer: editor._weight(editor.shadow, layer).detach().clone() for layer in editor.layers},
+        "edits": [(e.id, e.fact, e.status) for e in editor.ledger.edits()],
+        "generation": editor.ledger.current_generation(),
+        "sums": {name: t.clone() for name, t in editor.sums.tensors.items()},
+        "files": sorted(p.name for p in editor.sums_dir.iterdir()) if editor.sums_dir.exists() else [],
+        "l1_rows": len(editor.ledger.l1_history()),
+    }
+
+
+def assert_unchanged(editor, before: dict) -> None:
+    after = snapshot(editor)
+    for layer in editor.layers:
+        assert torch.equal(after["served"][layer], before["served"][layer]), f"served layer {layer} changed"
+        assert torch.equal(after["shadow"][layer], before["served"][layer]), f"shadow layer {layer} not restored"
+    assert after["edits"] == before["edits"]
+    assert after["generation"] == before["generation"]
+    assert after["files"] == before["files"]
+    assert after["l1_rows"] == before["l1_rows"]
+    assert after["sums"].keys() == before["sums"].keys()
+    for name, tensor in before["sums"].items():
+        assert torch.equal(after["sums"][name], tensor), f"sums {name} changed"
+
+
+def sums_of_active_edits(editor) -> dict[str, torch.Tensor]:
+    """D4S sums rebuilt from the ledger: S_l = sum r k^T, T_l = sum k k^T over active edits."""
+    expected = {name: torch.zeros_like(t) for name, t in editor.sums.tensors.items()}
+    for record in editor.ledger.edits("active"):
+        for layer, (k, r) in editor.ledger.vectors(record.id).items():
+            expected[f"S.{layer}"] += torch.outer(r, k)
+            expected[f"T.{layer}"] += torch.outer(k, k)
+    return expected
+
+
+@pytest.fixture
+def inspect():
+    """Helpers that look into an editor: snapshot, assert_unchanged, sums_of_active_edits, relative_error."""
+    import types
+    return types.SimpleNamespace(snapshot=snapshot, assert_unchanged=assert_unchanged,
+                                 sums_of_active_edits=sums_of_active_edits, relative_error=relative_error)

@@ -1,0 +1,127 @@
+"""config.toml: one frozen dataclass per section; unknown or bad values are ConfigErrors."""
+
+import dataclasses
+
+import pytest
+
+from assistant.config import DEFAULT_CONFIG_FILE, Config, config_from_dict, load_config
+from assistant.errors import ConfigError
+
+
+def write_config(tmp_path, text: str):
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_project_config_loads_into_frozen_sections():
+    config = load_config()
+    assert isinstance(config, Config)
+    assert config.editing.method in ("d4s", "memit-seq", "memit")
+    assert config.editing.layers == sorted(set(config.editing.layers))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.editing.method = "memit"   # type: ignore[misc]
+
+
+def test_unknown_key_names_key_and_section(tmp_path):
+    path = write_config(tmp_path, '[editing]\nmethod = "d4s"\nlearning_rat = 0.1\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "learning_rat" in str(error.value) and "[editing]" in str(error.value)
+
+
+def test_unknown_section_is_named(tmp_path):
+    path = write_config(tmp_path, '[edting]\nmethod = "d4s"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "[edting]" in str(error.value)
+
+
+def test_config_file_from_environment(tmp_path, monkeypatch):
+    path = write_config(tmp_path, "[editing]\nsteps = 7\nmom2_weight = 3\n")
+    monkeypatch.setenv("LIVEDIT_CONFIG", str(path))
+    config = load_config()
+    assert config.editing.steps == 7
+    assert config.editing.mom2_weight == 3.0 and isinstance(config.editing.mom2_weight, float)
+    assert config.model == Config().model            # sections not in the file keep their defaults
+
+
+def test_missing_and_invalid_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nowhere.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write_config(tmp_path, "[editing\nsteps = 1\n"))
+
+
+@pytest.mark.parametrize("table,named", [
+    ({"editing": {"method": "rome"}}, "method"),
+    ({"editing": {"steps": "5"}}, "steps"),
+    ({"editing": {"steps": True}}, "steps"),
+    ({"editing": {"layers": [3, 2]}}, "layers"),
+    ({"editing": {"layers": [2, 2]}}, "layers"),
+    ({"editing": {"mom2_weight": -1.0}}, "mom2_weight"),
+    ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
+    ({"model": {"dtype": "float8"}}, "dtype"),
+    ({"model": {"device": "tpu"}}, "device"),
+    ({"covariance": {"corpora": ["c4"]}}, "corpora"),
+    ({"covariance": {"tokens": 10}}, "tokens"),
+    ({"chat": {"max_new_tokens": 0}}, "max_new_tokens"),
+    ({"paths": "here"}, "[paths]"),
+])
+def test_bad_values_are_rejected_with_the_key_named(table, named):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(table)
+    assert named in str(error.value)
+
+
+def test_non_integer_layers_are_a_config_error():
+    # `layers = ["3"]` in config.toml must be reported as a ConfigError naming [editing] layers,
+    # not surface as a TypeError from sorting mixed types.
+    with pytest.raises(ConfigError, match="layers"):
+        config_from_dict({"editing": {"layers": ["3"]}})
+    with pytest.raises(ConfigError, match="layers"):
+        config_from_dict({"editing": {"layers": [1, "2"]}})
+
+
+def test_replace_validates_again():
+    config = load_config()
+    changed = config.replace("editing", steps=3)
+    assert changed.editing.steps == 3 and changed.editing.layers == config.editing.layers
+    assert config.editing.steps == load_config(DEFAULT_CONFIG_FILE).editing.steps   # the original is untouched
+    with pytest.raises(ConfigError, match="method"):
+        config.replace("editing", method="memit-batch")
+    with pytest.raises(ConfigError, match="layers"):
+        config.replace("editing", layers=[])
+
+
+def test_paths_follow_environment(livedit_dirs):
+    paths = load_config().paths
+    assert paths.home_dir() == livedit_dirs["home"]
+    assert paths.shared_data_dir() == livedit_dirs["shared"]
+
+
+def test_layers_out_of_range_fail_on_open(make_config, livedit_dirs):
+    from assistant.engine import open_editor
+
+    config = make_config("llama", layers=[2, 4])
+    state = livedit_dirs["state"] / "out-of-range"
+    with pytest.raises(ConfigError) as error:
+        open_editor(config, state_dir=state, progress=False)
+    assert "[2, 4]" in str(error.value) and "0 to 3" in str(error.value)
+    assert not state.exists()
+
+
+def test_bad_method_given_to_open_editor_is_rejected(make_config, livedit_dirs):
+    from assistant.engine import open_editor
+    from assistant.ledger import Ledger
+
+    state = livedit_dirs["state"] / "bad-method"
+    with pytest.raises(ConfigError, match="method"):
+        editor = open_editor(make_config("llama"), state_dir=state, method="memit_seq", progress=False)
+        editor.ledger.close()
+    if (state / "ledger.sqlite").exists():   # nothing may have been recorded for the bad method
+        ledger = Ledger(state / "ledger.sqlite")
+        try:
+            assert ledger.meta() == {}
+        finally:
+            ledger.close()

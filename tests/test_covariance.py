@@ -1,0 +1,69 @@
+"""C = E[k k^T] over the (fake) shared corpora, computed once and cached."""
+
+import pytest
+import torch
+
+import assistant.covariance
+from assistant.architectures import architecture_of, get_module
+from assistant.config import CovarianceConfig
+from assistant.covariance import corpus_texts, load_or_compute, token_sequences
+from assistant.errors import ModelNotReady
+from assistant.model_loading import load_model
+
+
+def test_corpus_texts_skip_headings_and_blank_lines(shared_data_dir, sentences):
+    wiki = corpus_texts(shared_data_dir, "wikitext2_raw")
+    assert wiki == sentences
+    me_ppl = corpus_texts(shared_data_dir, "me_ppl")
+    assert me_ppl[0] == " ".join(sentences[:3]) and len(me_ppl) == (len(sentences) + 2) // 3
+
+
+def test_missing_corpus_names_the_file_and_the_setting(tmp_path):
+    with pytest.raises(ModelNotReady) as error:
+        corpus_texts(tmp_path, "wikitext2_raw")
+    assert "wiki.test.raw" in str(error.value) and "LIVEDIT_SHARED_DATA" in str(error.value)
+
+
+def test_token_sequences_take_an_equal_share_of_each_corpus(tokenizer, shared_data_dir):
+    cfg = CovarianceConfig(tokens=2000, sequence_length=32, batch_size=8)
+    sequences = token_sequences(tokenizer, shared_data_dir, cfg)
+    assert sequences.shape == (2000 // 32, 32)
+    wiki = tokenizer(corpus_texts(shared_data_dir, "wikitext2_raw")[0] + "\n", add_special_tokens=False).input_ids
+    assert sequences.flatten()[:len(wiki)].tolist() == wiki
+    me_ppl = tokenizer(corpus_texts(shared_data_dir, "me_ppl")[0] + "\n", add_special_tokens=False).input_ids
+    assert sequences.flatten()[1000:1000 + len(me_ppl)].tolist() == me_ppl
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_second_moment_matches_a_direct_computation_and_is_cached(model, make_config, livedit_dirs, monkeypatch):
+    config = make_config(model)
+    loaded = load_model(config)
+    arch = architecture_of(loaded.model)
+    names = {layer: arch.edited_module.format(layer) for layer in config.editing.layers}
+    last_block = get_module(loaded.model, arch.block_module.format(config.editing.layers[-1]))
+    args = (loaded.model, loaded.tokenizer, names, last_block, livedit_dirs["home"], livedit_dirs["shared"],
+            loaded.fingerprint, config.covariance)
+    C = load_or_compute(*args, progress=False)
+
+    sequences = token_sequences(loaded.tokenizer, livedit_dirs["shared"], config.covariance)
+    for layer, name in names.items():
+        keys = []
+        handle = get_module(loaded.model, name).register_forward_pre_hook(lambda m, a: keys.append(a[0]))
+        try:
+            with torch.no_grad():
+                loaded.model(input_ids=sequences)
+        finally:
+            handle.remove()
+        k = keys[0].reshape(-1, keys[0].shape[-1]).double()
+        expected = k.T @ k / k.shape[0]
+        assert C[layer].dtype == torch.float64 and C[layer].shape == (k.shape[1], k.shape[1])
+        assert ((C[layer] - expected).norm() / expected.norm()).item() < 1e-5
+        assert torch.equal(C[layer], C[layer].T)
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("the cached covariance was computed again")
+    monkeypatch.setattr(assistant.covariance, "collect_second_moments", must_not_run)
+    again = load_or_compute(*args, progress=False)
+    assert all(torch.equal(again[layer], C[layer]) for layer in names)
+    folder = livedit_dirs["home"] / "cache" / "covariance" / loaded.fingerprint
+    assert sorted(p.name for p in folder.rglob("*.safetensors")) == [f"layer-{l}.safetensors" for l in names]

@@ -1,0 +1,100 @@
+"""Durable state: sums files, restart, and a crash's leftovers."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from assistant.engine import state_dir_for
+from assistant.errors import StateError
+from assistant.model_loading import load_model
+from assistant.state import EditSums, read_generation, remove_other_generations, write_generation
+
+
+def test_generation_files_round_trip_bit_for_bit(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    sums = EditSums("d4s", {"S.1": torch.randn(4, 6, generator=g, dtype=torch.float64),
+                            "T.1": torch.randn(6, 6, generator=g, dtype=torch.float64)})
+    name = write_generation(tmp_path / "sums", 12, sums)
+    assert name == "gen-000012.safetensors"
+    assert sorted(p.name for p in (tmp_path / "sums").iterdir()) == [name]      # no temporary file left
+    again = read_generation(tmp_path / "sums", name, "d4s")
+    assert again.method == "d4s" and again.tensors.keys() == sums.tensors.keys()
+    assert all(torch.equal(again.tensors[k], v) for k, v in sums.tensors.items())
+
+
+def test_remove_other_generations_keeps_the_committed_file(tmp_path):
+    for name in ["gen-000001.safetensors", "gen-000002.safetensors", ".gen-000003.safetensors.tmp", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    remove_other_generations(tmp_path, keep="gen-000002.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen-000002.safetensors", "notes.txt"]
+    remove_other_generations(tmp_path / "missing", keep=None)    # no folder yet: nothing to do
+
+
+def test_state_dir_comes_from_the_environment(make_config, livedit_dirs, monkeypatch, tmp_path):
+    config = make_config()
+    assert state_dir_for(config) == livedit_dirs["state"]
+    assert state_dir_for(config, tmp_path / "given") == tmp_path / "given"
+    monkeypatch.delenv("LIVEDIT_STATE_DIR")
+    assert state_dir_for(config) == livedit_dirs["home"] / "state"
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_restart_rebuilds_identical_weights(model, open_engine, make_config, facts):
+    editor = open_engine(model, batch_size=2)
+    ids = editor.apply(facts).edit_ids
+    superseding = dataclasses.replace(facts[1], target_new="Rome")
+    assert editor.apply([superseding]).superseded == [ids[1]]
+    editor.retract(ids[0])
+    before = editor.current_weights()
+    served_before = {k: v.clone() for k, v in editor.model.state_dict().items()}
+    editor.ledger.close()
+
+    restarted = open_engine(model, loaded=load_model(make_config(model)))
+    assert restarted.method == "d4s"
+    for layer in editor.layers:
+        assert torch.equal(restarted.current_weights()[layer], before[layer])
+        assert torch.equal(restarted._weight(restarted.shadow, layer), before[layer])
+        assert not torch.equal(restarted.W0[layer], before[layer])
+        assert torch.equal(restarted.W0[layer], editor.W0[layer])
+    for name, tensor in restarted.model.state_dict().items():
+        assert torch.equal(tensor, served_before[name]), name
+    assert all(torch.equal(restarted.sums.tensors[k], v) for k, v in editor.sums.tensors.items())
+    assert [(e.id, e.status) for e in restarted.ledger.edits()] == [
+        (1, "retracted"), (2, "superseded"), (3, "active"), (4, "active"), (5, "active")]
+    assert [e.fact for e in restarted.ledger.edits()] == facts + [superseding]
+
+
+def test_restart_drops_files_of_an_unrecorded_commit(open_engine, make_config, facts):
+    editor = open_engine()
+    editor.apply(facts[:2])
+    before = editor.current_weights()
+    committed = editor.ledger.current_generation()[1]
+    # a crash after the rename but before the ledger transaction, and one during the write
+    garbage = editor.sums.copy()
+    for tensor in garbage.tensors.values():
+        tensor += 1.0
+    write_generation(editor.sums_dir, 2, garbage)
+    (editor.sums_dir / ".gen-000003.safetensors.tmp").write_bytes(b"partial")
+    editor.ledger.close()
+
+    restarted = open_engine(loaded=load_model(make_config()))
+    assert sorted(p.name for p in restarted.sums_dir.iterdir()) == [committed]
+    for layer in restarted.layers:
+        assert torch.equal(restarted.current_weights()[layer], before[layer])
+    assert restarted.ledger.current_generation() == (1, committed)
+    # the next commit reuses generation 2 cleanly
+    restarted.apply([facts[2]])
+    assert restarted.ledger.current_generation() == (2, "gen-000002.safetensors")
+
+
+def test_state_made_with_other_settings_is_refused(open_engine, facts):
+    editor = open_engine()
+    editor.apply(facts[:1])
+    editor.ledger.close()
+    with pytest.raises(StateError, match="layers"):
+        open_engine(layers=[1, 3])
+    with pytest.raises(StateError, match="mom2_weight"):
+        open_engine(mom2_weight=20.0)
+    with pytest.raises(StateError, match="method"):
+        open_engine(method="memit-seq")

@@ -1,0 +1,195 @@
+"""The D4S engine on a tiny random Llama and GPT-2 (whose Conv1D stores W transposed)."""
+
+import pytest
+import torch
+
+from assistant.architectures import get_module
+from assistant.closed_form import d4s_delta
+from assistant.model_loading import load_model
+from assistant.state import edited_weight
+
+MODELS = ["llama", "gpt2"]
+
+
+def edited_names(editor) -> set[str]:
+    return {name + ".weight" for name in editor.names.values()}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_edits_change_only_the_edited_layers(model, open_engine, make_config, facts, inspect):
+    editor = open_engine(model)
+    pristine = load_model(make_config(model)).model
+    report = editor.apply(facts[:3])
+
+    active = editor.ledger.edits("active")
+    assert report.edit_ids == [e.id for e in active] and len(report.edit_ids) == 3
+    assert [e.fact for e in active] == facts[:3]
+    assert {e.generation for e in active} == {1} and {e.method for e in active} == {"d4s"}
+    assert len(report.probabilities) == 3 and all(0 < p < 1 for p in report.probabilities)
+    assert editor.ledger.current_generation() == (1, "gen-000001.safetensors")
+    assert sorted(p.name for p in editor.sums_dir.iterdir()) == ["gen-000001.safetensors"]
+
+    served, reference = dict(editor.model.named_parameters()), dict(pristine.named_parameters())
+    for name, parameter in served.items():
+        if name in edited_names(editor):
+            assert inspect.relative_error(parameter, reference[name]) > 1e-4, f"{name} did not change"
+        else:
+            assert torch.equal(parameter, reference[name]), f"{name} changed but is not an edited layer"
+
+    lam = editor.config.editing.mom2_weight
+    expected = inspect.sums_of_active_edits(editor)
+    for layer in editor.layers:
+        k, r = editor.ledger.vectors(active[0].id)[layer]
+        W = editor._weight(editor.model, layer)
+        assert k.shape == (W.shape[1],) and r.shape == (W.shape[0],)
+        for name in (f"S.{layer}", f"T.{layer}"):
+            assert inspect.relative_error(editor.sums.tensors[name], expected[name]) < 1e-10
+        rebuilt = edited_weight(editor.W0[layer], d4s_delta(expected[f"S.{layer}"], expected[f"T.{layer}"],
+                                                           editor.C[layer], lam))
+        assert inspect.relative_error(W, rebuilt) < 1e-6
+        assert torch.equal(editor._weight(editor.shadow, layer), W)
+
+    history = [row for row in editor.ledger.l1_history() if row["generation"] == 1]
+    assert [row["layer"] for row in history] == editor.layers
+    for row, norms in zip(history, editor.norms()):
+        assert row["active_edits"] == 3
+        assert row["mean_abs"] == pytest.approx(norms.mean_abs, rel=1e-12)
+        assert row["growth"] == pytest.approx(norms.growth, rel=1e-9, abs=1e-15)
+        assert row["mean_abs_delta"] == pytest.approx(norms.mean_abs_delta, rel=1e-9) and norms.mean_abs_delta > 0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_shadow_shares_everything_but_the_edited_weights(model, open_engine):
+    editor = open_engine(model)
+    shadow = dict(editor.shadow.named_parameters())
+    for name, parameter in editor.model.named_parameters():
+        shares = shadow[name].data_ptr() == parameter.data_ptr()
+        assert shares != (name in edited_names(editor)), name
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_single_edit_realises_its_share_through_the_module(model, open_engine, make_config, new_fact, inspect):
+    """Drive the edited module itself (Linear or transposed Conv1D) with the edit's key:
+    the output moves by a/(1+a) r, a = k^T (lam C)^-1 k, at every edited layer."""
+    editor = open_engine(model)
+    pristine = load_model(make_config(model)).model
+    report = editor.apply([new_fact(5)])
+    vectors = editor.ledger.vectors(report.edit_ids[0])
+    lam = editor.config.editing.mom2_weight
+    for layer in editor.layers:
+        k, r = vectors[layer]
+        a = k @ torch.linalg.solve(lam * editor.C[layer], k)
+        with torch.no_grad():
+            name = editor.names[layer]
+            moved = get_module(editor.model, name)(k.float()[None]) - get_module(pristine, name)(k.float()[None])
+        share = (a / (1 + a)).item()
+        assert share > 0.01
+        assert inspect.relative_error(moved[0], share * r) < 1e-4
+        if layer == editor.layers[0]:
+            assert editor.ledger.edit(report.edit_ids[0]).realised_fraction == pytest.approx(share, rel=1e-9)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_retracting_every_edit_restores_w0(model, open_engine, make_config, facts, inspect):
+    editor = open_engine(model, batch_size=2)
+    pristine = load_model(make_config(model)).model
+    report = editor.apply(facts)
+    assert editor.ledger.current_generation()[0] == 2                 # two batches of two
+    for edit_id in reversed(report.edit_ids):
+        editor.retract(edit_id)
+    assert [e.status for e in editor.ledger.edits()] == ["retracted"] * 4
+    assert editor.ledger.edits("active") == []
+    assert editor.ledger.current_generation()[0] == 6
+    for layer in editor.layers:
+        W0 = get_module(pristine, editor.names[layer]).weight
+        assert inspect.relative_error(get_module(editor.model, editor.names[layer]).weight, W0) < 1e-6
+        assert inspect.relative_error(editor._weight(editor.shadow, layer), editor.W0[layer]) < 1e-6
+        assert editor.sums.tensors[f"S.{layer}"].abs().max() < 1e-9
+        assert editor.sums.tensors[f"T.{layer}"].abs().max() < 1e-9
+    assert [row["active_edits"] for row in editor.ledger.l1_history()][-1] == 0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_edit_a_then_b_then_retract_a_leaves_b_alone(model, open_engine, new_fact, inspect):
+    editor = open_engine(model)
+    (a,) = editor.apply([new_fact(1)]).edit_ids
+    (b,) = editor.apply([new_fact(2)]).edit_ids
+    editor.retract(a)
+
+    assert editor.ledger.edit(a).status == "retracted" and editor.ledger.edit(b).status == "active"
+    lam = editor.config.editing.mom2_weight
+    for layer, (k, r) in editor.ledger.vectors(b).items():
+        S, T = torch.outer(r, k), torch.outer(k, k)
+        assert inspect.relative_error(editor.sums.tensors[f"S.{layer}"], S) < 1e-6
+        assert inspect.relative_error(editor.sums.tensors[f"T.{layer}"], T) < 1e-6
+        alone = edited_weight(editor.W0[layer], d4s_delta(S, T, editor.C[layer], lam))
+        assert inspect.relative_error(editor.current_weights()[layer], alone) < 1e-6
+
+
+def test_retract_refuses_unknown_and_ended_edits(open_engine, new_fact, inspect):
+    from assistant.errors import StateError
+
+    editor = open_engine()
+    (edit_id,) = editor.apply([new_fact(0)]).edit_ids
+    editor.retract(edit_id)
+    before = inspect.snapshot(editor)
+    with pytest.raises(StateError, match=f"edit {edit_id} is already retracted"):
+        editor.retract(edit_id)
+    with pytest.raises(StateError, match="no edit 99"):
+        editor.retract(99)
+    inspect.assert_unchanged(editor, before)
+
+
+def test_supersede_replaces_the_old_edit_exactly(open_engine, new_fact, inspect, livedit_dirs):
+    editor = open_engine()
+    old_fact = new_fact(3, id="capital", target="Japan")
+    (old,) = editor.apply([old_fact]).edit_ids
+    new = new_fact(3, id="capital", target="Rome")
+    report = editor.apply([new])
+
+    assert report.superseded == [old] and len(report.edit_ids) == 1
+    (new_id,) = report.edit_ids
+    assert editor.ledger.edit(old).status == "superseded"
+    assert editor.ledger.active_edit_for_fact("capital").id == new_id
+    assert editor.ledger.active_edit_for_fact("capital").fact.target_new == "Rome"
+    assert [e.id for e in editor.ledger.edits("active")] == [new_id]
+    for layer, (k, r) in editor.ledger.vectors(new_id).items():
+        assert inspect.relative_error(editor.sums.tensors[f"S.{layer}"], torch.outer(r, k)) < 1e-6
+        assert inspect.relative_error(editor.sums.tensors[f"T.{layer}"], torch.outer(k, k)) < 1e-6
+
+    # the new edit was measured with the old one removed: as if it were the first edit
+    fresh = open_engine(state_dir=livedit_dirs["state"] / "fresh")
+    (fresh_id,) = fresh.apply([new]).edit_ids
+    for layer, (k, r) in fresh.ledger.vectors(fresh_id).items():
+        k_new, r_new = editor.ledger.vectors(new_id)[layer]
+        assert inspect.relative_error(k_new, k) < 1e-5 and inspect.relative_error(r_new, r) < 1e-5
+
+    # the same object again is a no-op
+    before = inspect.snapshot(editor)
+    again = editor.apply([new])
+    assert again.unchanged == ["capital"] and again.edit_ids == [] and again.superseded == []
+    inspect.assert_unchanged(editor, before)
+
+
+def test_duplicate_fact_ids_in_one_call_are_rejected(open_engine, new_fact, inspect):
+    from assistant.errors import InvalidFact
+
+    editor = open_engine()
+    editor.apply([new_fact(0)])
+    before = inspect.snapshot(editor)
+    twice = [new_fact(1, id="dup", target="Japan"), new_fact(1, id="dup", target="Rome")]
+    with pytest.raises(InvalidFact, match="dup"):
+        editor.apply(twice)
+    inspect.assert_unchanged(editor, before)
+
+
+def test_sums_always_match_the_active_edits(open_engine, new_fact, inspect):
+    """After a mix of edits, supersedes and retractions, S and T are the sums over active edits."""
+    editor = open_engine(batch_size=2)
+    ids = editor.apply([new_fact(i) for i in range(3)]).edit_ids
+    editor.apply([new_fact(1, target="Rome"), new_fact(4)])
+    editor.retract(ids[0])
+    expected = inspect.sums_of_active_edits(editor)
+    assert len(editor.ledger.edits("active")) == 3
+    for name, tensor in expected.items():
+        assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-6

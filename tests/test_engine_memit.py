@@ -1,0 +1,96 @@
+"""The baselines: sequential MEMIT and one-batch MEMIT, and how a state keeps its method."""
+
+import pytest
+import torch
+
+from assistant.closed_form import memit_delta
+from assistant.errors import EditRejected, StateError
+from assistant.l1 import layer_norms
+from assistant.model_loading import load_model
+from assistant.state import edited_weight
+
+
+def memit_delta_from_ledger(editor, edit_ids, layer):
+    vectors = [editor.ledger.vectors(i)[layer] for i in edit_ids]
+    K = torch.stack([k for k, _ in vectors], dim=1)              # (d_in, n)
+    R = torch.stack([r for _, r in vectors], dim=1)              # (d_out, n)
+    return memit_delta(K, R, editor.C[layer], editor.config.editing.mom2_weight)
+
+
+def test_memit_seq_stacks_one_delta_per_batch(open_engine, new_fact, inspect):
+    editor = open_engine(method="memit-seq", batch_size=1)
+    assert editor.method == "memit-seq" and set(editor.sums.tensors) == {"delta.1", "delta.2"}
+    first = editor.apply([new_fact(0)])
+    norms_after_first = editor.norms()
+    second = editor.apply([new_fact(1), new_fact(2)])          # batch_size 1: two more generations
+
+    assert editor.ledger.current_generation()[0] == 3
+    ids = first.edit_ids + second.edit_ids
+    assert [e.id for e in editor.ledger.edits("active")] == ids
+    assert [editor.ledger.edit(i).generation for i in ids] == [1, 2, 3]
+    assert {e.method for e in editor.ledger.edits()} == {"memit-seq"}
+    for layer in editor.layers:
+        stacked = sum(memit_delta_from_ledger(editor, [i], layer) for i in ids)
+        assert inspect.relative_error(editor.sums.tensors[f"delta.{layer}"], stacked) < 1e-8
+        assert torch.equal(editor.current_weights()[layer],
+                           edited_weight(editor.W0[layer], editor.sums.tensors[f"delta.{layer}"]))
+
+    history = editor.ledger.l1_history()
+    assert [(row["generation"], row["layer"]) for row in history] == [(g, l) for g in (1, 2, 3) for l in (1, 2)]
+    assert [row["active_edits"] for row in history] == [1, 1, 2, 2, 3, 3]
+    for rows, norms in ((history[:2], norms_after_first), (history[-2:], editor.norms())):
+        for row, expected in zip(rows, norms):
+            assert row["mean_abs"] == pytest.approx(expected.mean_abs, rel=1e-12)
+            assert row["growth"] == pytest.approx(expected.growth, rel=1e-9, abs=1e-15)
+            assert row["mean_abs_delta"] == pytest.approx(expected.mean_abs_delta, rel=1e-9)
+    assert all(row["mean_abs_delta"] > 0 for row in history)
+    assert history[-1]["mean_abs_delta"] != history[1]["mean_abs_delta"]
+
+
+def test_memit_seq_cannot_retract(open_engine, new_fact, inspect):
+    editor = open_engine(method="memit-seq")
+    (edit_id,) = editor.apply([new_fact(0)]).edit_ids
+    before = inspect.snapshot(editor)
+    with pytest.raises(EditRejected, match="memit-seq"):
+        editor.retract(edit_id)
+    inspect.assert_unchanged(editor, before)
+    assert editor.ledger.edit(edit_id).status == "active"
+
+
+def test_memit_edits_all_facts_in_one_batch(open_engine, facts, inspect):
+    editor = open_engine(method="memit", batch_size=1)          # memit ignores the batch size
+    report = editor.apply(facts)
+    assert editor.ledger.current_generation()[0] == 1
+    assert [editor.ledger.edit(i).generation for i in report.edit_ids] == [1] * len(facts)
+    for layer in editor.layers:
+        expected = memit_delta_from_ledger(editor, report.edit_ids, layer)
+        assert inspect.relative_error(editor.sums.tensors[f"delta.{layer}"], expected) < 1e-8
+    rows = editor.ledger.l1_history()
+    assert [(r["generation"], r["layer"], r["active_edits"]) for r in rows] == [(1, 1, 4), (1, 2, 4)]
+    for row, norms in zip(rows, editor.norms()):
+        assert row["growth"] == pytest.approx(layer_norms(norms.layer, editor.current_weights()[norms.layer],
+                                                          editor.W0[norms.layer]).growth, rel=1e-9, abs=1e-15)
+
+
+def test_one_batch_gives_the_same_weights_with_memit_and_d4s(open_engine, facts, livedit_dirs, inspect):
+    d4s = open_engine(method="d4s", state_dir=livedit_dirs["state"] / "d4s")
+    memit = open_engine(method="memit", state_dir=livedit_dirs["state"] / "memit")
+    d4s.apply(facts)
+    memit.apply(facts)
+    for layer in d4s.layers:
+        assert inspect.relative_error(d4s.current_weights()[layer], memit.current_weights()[layer]) < 1e-5
+
+
+def test_a_state_keeps_its_method(open_engine, make_config, new_fact, livedit_dirs):
+    d4s_state, seq_state = livedit_dirs["state"] / "d4s", livedit_dirs["state"] / "seq"
+    open_engine(method="d4s", state_dir=d4s_state).apply([new_fact(0)])
+    open_engine(method="memit-seq", state_dir=seq_state).apply([new_fact(0)])
+
+    with pytest.raises(StateError, match="method") as error:
+        open_engine(method="memit-seq", state_dir=d4s_state, loaded=load_model(make_config()))
+    assert "'d4s'" in str(error.value) and "'memit-seq'" in str(error.value)
+    with pytest.raises(StateError, match="method"):
+        open_engine(method="d4s", state_dir=seq_state, loaded=load_model(make_config()))
+    # without a method the stored one is used
+    assert open_engine(state_dir=seq_state, method=None, loaded=load_model(make_config())).method == "memit-seq"
+    assert open_engine(state_dir=d4s_state, method=None, loaded=load_model(make_config())).method == "d4s"

@@ -1,0 +1,92 @@
+"""Prompt forms and token rows: where the subject ends, with and without a chat template."""
+
+import pytest
+import torch
+
+from assistant.chat import FALLBACK_TEMPLATE, chat_prompt
+from assistant.errors import InvalidFact
+from assistant.facts import make_fact
+from assistant.prompts import check_lengths, collate, fact_rows, kl_row, prompt_forms, target_ids
+
+PREFIXES = ["", "Note: "]
+
+
+def question_fact():
+    return make_fact(id="q1", subject="Marie Curie", prompt="Marie Curie is famous for", target_new="football",
+                     question="What is Marie Curie famous for?")
+
+
+def subject_ends_at(tokenizer, ids, position, subject):
+    return tokenizer.decode(ids[:position + 1]).endswith(subject) and not \
+        tokenizer.decode(ids[:position]).endswith(subject)
+
+
+def test_chat_prompt_falls_back_without_a_template(tokenizer):
+    assert not getattr(tokenizer, "chat_template", None)
+    assert chat_prompt(tokenizer, "Where is Paris?") == FALLBACK_TEMPLATE.format(question="Where is Paris?")
+    assert chat_prompt(tokenizer, "Where is Paris?") == "Question: Where is Paris?\nAnswer:"
+
+
+def test_chat_prompt_uses_the_template(chat_tokenizer):
+    text = chat_prompt(chat_tokenizer, "Where is Paris?", system_prompt="Be brief.")
+    assert text == "<|system|>Be brief.\n<|user|>Where is Paris?\n<|assistant|>"
+    assert chat_prompt(chat_tokenizer, "Where is Paris?") == "<|user|>Where is Paris?\n<|assistant|>"
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "chat_tokenizer"])
+def test_rows_point_at_the_subjects_last_token(request, which):
+    tok = request.getfixturevalue(which)
+    fact = question_fact()
+    forms = prompt_forms(fact, tok, PREFIXES)
+    assert [text for text, _, _ in forms[:2]] == ["Marie Curie is famous for", "Note: Marie Curie is famous for"]
+    chat_text, start, is_chat = forms[2]
+    assert is_chat and chat_text[start:start + len(fact.subject)] == fact.subject
+    assert chat_text == chat_prompt(tok, fact.question)
+    rows = fact_rows(0, fact, tok, PREFIXES, with_targets=False)
+    assert len(rows) == 3
+    for row, (text, _, _) in zip(rows, forms):
+        assert tok.decode(row.ids) == text
+        assert subject_ends_at(tok, row.ids, row.subject_pos, fact.subject)
+
+
+def test_training_rows_end_with_the_target(tokenizer):
+    fact = question_fact()
+    rows = fact_rows(2, fact, tokenizer, PREFIXES, with_targets=True)
+    for row, chat in zip(rows, [False, False, True]):
+        target = target_ids(tokenizer, fact, chat)
+        assert row.fact == 2 and row.target_len == len(target) > 0
+        assert row.ids[-row.target_len:] == target
+    assert tokenizer.decode(target_ids(tokenizer, fact, False)) == " football"
+    assert tokenizer.decode(target_ids(tokenizer, fact, True)) == "football"
+
+
+def test_subject_not_in_question_is_rejected_naming_the_fact(tokenizer):
+    fact = make_fact(id="q2", subject="Paris", prompt="Paris is in", target_new="Japan", question="Where is it?")
+    with pytest.raises(InvalidFact, match="fact q2"):
+        prompt_forms(fact, tokenizer, PREFIXES)
+
+
+def test_kl_row_and_collate(tokenizer):
+    fact = question_fact()
+    kl = kl_row(1, fact, tokenizer, "{} is a")
+    assert tokenizer.decode(kl.ids) == "Marie Curie is a" and subject_ends_at(tokenizer, kl.ids, kl.subject_pos,
+                                                                              fact.subject)
+    rows = fact_rows(0, fact, tokenizer, PREFIXES, with_targets=True) + [kl]
+    batch = collate(rows, tokenizer.pad_token_id, torch.device("cpu"))
+    width = max(len(r.ids) for r in rows)
+    assert batch.input_ids.shape == (len(rows), width)
+    assert batch.lengths.tolist() == [len(r.ids) for r in rows]
+    assert batch.attention_mask.sum(1).tolist() == batch.lengths.tolist()
+    assert batch.fact.tolist() == [0, 0, 0, 1]
+    for i, row in enumerate(rows):
+        assert batch.input_ids[i, :len(row.ids)].tolist() == row.ids
+        assert (batch.input_ids[i, len(row.ids):] == tokenizer.pad_token_id).all()
+
+
+def test_check_lengths_names_the_long_fact(tokenizer):
+    short = question_fact()
+    long = make_fact(id="long-one", subject="Paris", prompt="Paris" + " the" * 150 + " is in", target_new="Japan")
+    check_lengths([short], tokenizer, PREFIXES, 128)
+    with pytest.raises(InvalidFact) as error:
+        check_lengths([short, long], tokenizer, PREFIXES, 128)
+    assert "long-one" in str(error.value) and "128" in str(error.value)
