@@ -86,7 +86,8 @@ class EditingConfig:
     clamp_norm_factor: float = _help("the delta's norm is clamped to this times ||h||", 10.0)
     kl_weight: float = _help("weight of the KL term", 0.0625)
     weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
-    stop_probability: float = _help("stop optimising a fact once P(target) exceeds this", 0.9)
+    stop_probability: float = _help("stop optimising a fact once P(target) exceeds this in every form", 0.9)
+    end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
 
     def __post_init__(self):

@@ -96,7 +96,7 @@ def load_or_compute(model, tokenizer, module_names: dict[int, str], last_block: 
         computed = collect_second_moments(model, missing, last_block, sequences, cfg.batch_size, progress)
         folder.mkdir(parents=True, exist_ok=True)
         for layer, C in computed.items():
-            temporary = paths[layer].with_suffix(".tmp")
+            temporary = paths[layer].with_suffix(f".{os.getpid()}.tmp")
             save_file({"C": C.contiguous()}, str(temporary))
             os.replace(temporary, paths[layer])
     return {layer: load_file(str(path))["C"] for layer, path in paths.items()}

@@ -108,7 +108,7 @@ class Editor:
         if repeated:
             raise InvalidFact(f"fact id(s) {', '.join(repeated)} appear more than once; give each fact once")
         check_lengths(facts, self.tokenizer, cfg.context_prefixes, self.max_prompt_tokens(),
-                      self.config.chat.system_prompt)
+                      self.config.chat.system_prompt, cfg.end_chat_answer)
         report = ApplyReport()
         todo = []
         for fact in facts:
@@ -163,7 +163,7 @@ class Editor:
         n, lam = len(facts), cfg.mom2_weight
         train, key_rows, kl_rows = [], [], []
         for i, fact in enumerate(facts):
-            train += fact_rows(i, fact, tok, cfg.context_prefixes, True, system)
+            train += fact_rows(i, fact, tok, cfg.context_prefixes, True, system, cfg.end_chat_answer)
             key_rows += fact_rows(i, fact, tok, cfg.context_prefixes, False, system)
             kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
         pad = tok.pad_token_id

@@ -93,7 +93,7 @@ def counterfact_scores(model, tokenizer, facts: list[Fact]) -> CounterfactScores
 class ChatScores:
     efficacy: float                 # share of questions answered with the new object
     paraphrase: float               # the same for paraphrased questions
-    locality: float                 # share of unrelated questions whose answer did not change
+    locality: float                 # share of unrelated questions whose answer kept its first 8 words
     answers: list[str]
     paraphrase_answers: list[str]
 
@@ -110,8 +110,13 @@ def chat_scores(model, tokenizer, facts: list[Fact], max_new_tokens: int = 32, s
     locality = float("nan")
     if locality_before is not None:
         after = answers(model, tokenizer, locality_questions(facts), max_new_tokens, system_prompt)
-        locality = sum(a == b for a, b in zip(after, locality_before)) / max(len(after), 1)
+        locality = sum(same_start(a, b) for a, b in zip(after, locality_before)) / max(len(after), 1)
     return ChatScores(efficacy, paraphrase, locality, direct, para)
+
+
+def same_start(answer: str, reference: str, words: int = 8) -> bool:
+    """Whether two answers agree in their first ``words`` normalised words."""
+    return normalize_answer(answer).split()[:words] == normalize_answer(reference).split()[:words]
 
 
 def locality_questions(facts: list[Fact]) -> list[str]:

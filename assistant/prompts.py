@@ -73,17 +73,24 @@ def prompt_forms(fact: Fact, tokenizer, prefixes: list[str], system_prompt: str 
     return forms
 
 
-def target_ids(tokenizer, fact: Fact, chat: bool) -> list[int]:
+def target_ids(tokenizer, fact: Fact, chat: bool, end_chat_answer: bool = False) -> list[int]:
+    """The new object's tokens; in chat form, optionally followed by the end-of-turn token,
+    so the edited model answers with the object and stops instead of running on into
+    a longer word ("EAGLE" -> "EAGLEE...")."""
     text = fact.target_new if chat else " " + fact.target_new
-    return tokenizer(text, add_special_tokens=False).input_ids
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    if chat and end_chat_answer and templated and tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
 
 
 def fact_rows(index: int, fact: Fact, tokenizer, prefixes: list[str], with_targets: bool,
-              system_prompt: str = "") -> list[Row]:
+              system_prompt: str = "", end_chat_answer: bool = False) -> list[Row]:
     rows = []
     for text, start, chat in prompt_forms(fact, tokenizer, prefixes, system_prompt):
         ids, subject_pos = _encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
-        target = target_ids(tokenizer, fact, chat) if with_targets else []
+        target = target_ids(tokenizer, fact, chat, end_chat_answer) if with_targets else []
         rows.append(Row(index, ids + target, subject_pos, len(target)))
     return rows
 
@@ -107,10 +114,11 @@ def collate(rows: list[Row], pad_id: int, device: torch.device) -> RowBatch:
                     as_tensor([r.subject_pos for r in rows]), as_tensor([len(r.ids) for r in rows]), rows)
 
 
-def check_lengths(facts: list[Fact], tokenizer, prefixes: list[str], max_tokens: int, system_prompt: str = "") -> None:
+def check_lengths(facts: list[Fact], tokenizer, prefixes: list[str], max_tokens: int, system_prompt: str = "",
+                  end_chat_answer: bool = False) -> None:
     """Reject, naming the fact, any prompt form longer than the model's context."""
     for index, fact in enumerate(facts):
-        for row in fact_rows(index, fact, tokenizer, prefixes, True, system_prompt):
+        for row in fact_rows(index, fact, tokenizer, prefixes, True, system_prompt, end_chat_answer):
             if len(row.ids) > max_tokens:
                 raise InvalidFact(
                     f"fact {fact.id}: a prompt form has {len(row.ids)} tokens; the model accepts {max_tokens}. "

@@ -5,7 +5,7 @@ Loss per fact = NLL of the target over its forms
               + kl_weight * KL(initial || current) on "{subject} is a"
               + weight_decay * ||delta||^2 / ||h||^2,
 with the delta's norm clamped to clamp_norm_factor * ||h||, and a fact frozen as soon
-as its target probability passes stop_probability. All facts of a batch share each
+as its target probability passes stop_probability in every form. All facts of a batch share each
 forward pass.
 """
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Targets:
     delta: torch.Tensor         # (n, d) float32, to add at the last edited block
-    probability: torch.Tensor   # (n,) final P(target), geometric mean over forms
+    probability: torch.Tensor   # (n,) final P(target) in the fact's hardest form
     steps: int
 
 
@@ -57,15 +57,17 @@ def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torc
             torch.tensor(tokens, device=device))
 
 
-def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) -> torch.Tensor:
-    """Mean over each fact's forms of the mean per-token NLL of its target. (n_facts,)"""
+def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per fact, over its forms: the mean, and the worst, of the mean per-token NLL of its
+    target. Both (n_facts,)."""
     rows, positions, tokens = _target_positions(batch)
     logprobs = torch.log_softmax(model.get_output_embeddings()(hidden[rows, positions]).float(), dim=-1)
     token_nll = -logprobs.gather(1, tokens[:, None]).squeeze(1)          # (N_tok,)
     row_nll = torch.zeros(len(batch.rows), device=token_nll.device).index_add_(0, rows, token_nll)
     row_nll = row_nll / torch.tensor([r.target_len for r in batch.rows], device=row_nll.device)
     fact_nll = torch.zeros(n_facts, device=row_nll.device).index_add_(0, batch.fact, row_nll)
-    return fact_nll / torch.bincount(batch.fact, minlength=n_facts).clamp(min=1)
+    worst = torch.zeros(n_facts, device=row_nll.device).index_reduce_(0, batch.fact, row_nll.detach(), "amax")
+    return fact_nll / torch.bincount(batch.fact, minlength=n_facts).clamp(min=1), worst
 
 
 def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
@@ -93,14 +95,14 @@ def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Modul
             split, split_for = split_rows(model, train.only_facts(active), pad), active.clone()
         rows, kl_rows = split.source, kl.only_facts(active)
         with edit_output(block, _add_at(rows.fact, torch.zeros_like(rows.fact), delta)):
-            nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
+            nll, worst_nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
         with edit_output(block, _add_at(kl_rows.fact, kl_rows.subject_pos, delta)):
             current = _last_logprobs(model, kl_rows)
         kl_term = torch.zeros(n, device=device)
         kl_term[kl_rows.fact] = torch.nn.functional.kl_div(
             current, initial_kl[kl_rows.fact], log_target=True, reduction="none").sum(-1)
         decay = (delta.norm(dim=1) / h_norm.to(device)) ** 2
-        probability = torch.where(active, torch.exp(-nll.detach()), probability)
+        probability = torch.where(active, torch.exp(-worst_nll), probability)
         active &= probability < cfg.stop_probability
         if not active.any():
             break
