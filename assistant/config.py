@@ -88,6 +88,7 @@ class EditingConfig:
     weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
     stop_probability: float = _help("stop optimising a fact once P(target) exceeds this in every form", 0.9)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
+    key_mode: str = _help("per_form: each prompt form is its own key; mean: one key averaged over forms", "per_form")
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
 
     def __post_init__(self):
@@ -106,6 +107,8 @@ class EditingConfig:
             raise ConfigError("[editing] stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:
             raise ConfigError("[editing] kl_prompt must contain {} where the subject goes")
+        if self.key_mode not in ("per_form", "mean"):
+            raise ConfigError(f"[editing] key_mode = {self.key_mode!r}: use per_form or mean")
         if not self.context_prefixes:
             raise ConfigError('[editing] context_prefixes needs at least one entry (use [""] for none)')
 

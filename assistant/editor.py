@@ -21,7 +21,7 @@ from assistant.closed_form import memit_delta, realised_fraction, spread_residua
 from assistant.config import Config
 from assistant.errors import ConfigError, EditRejected, InvalidFact, StateError
 from assistant.facts import Fact
-from assistant.keys import keys_and_hidden
+from assistant.keys import average_by_fact, keys_and_hidden
 from assistant.l1 import LayerNorms, layer_norms
 from assistant.ledger import Ledger, NewEdit
 from assistant.model_loading import LoadedModel
@@ -149,8 +149,8 @@ class Editor:
         return ids, list(ended), [e.target_probability for e in new_edits]
 
     def _subtract(self, sums: EditSums, edit_id: int) -> None:
-        for layer, (k, r) in self.ledger.vectors(edit_id).items():
-            sums.add(layer, k[:, None], r[:, None], sign=-1.0)
+        for layer, (K, R) in self.ledger.vectors(edit_id).items():
+            sums.add(layer, K, R, sign=-1.0)
 
     def _restore_shadow(self) -> None:
         for layer in self.layers:
@@ -171,19 +171,23 @@ class Editor:
         last_block = get_module(self.shadow, self.arch.block_module.format(self.layers[-1]))
         edited = lambda layer: get_module(self.shadow, self.names[layer])  # noqa: E731
 
-        K, H = keys_and_hidden(self.shadow, key_batch, n, edited(self.layers[0]), last_block)
+        measure = lambda layer: keys_and_hidden(self.shadow, key_batch, n, edited(layer), last_block,  # noqa: E731
+                                                cfg.key_mode == "per_form")
+        K, H, owner = measure(self.layers[0])
+        h_norm = average_by_fact(H.norm(dim=0)[:, None], owner, n)[:, 0]
         targets = optimise_targets(self.shadow, collate(train, pad, device), collate(kl_rows, pad, device),
-                                   last_block, H.norm(dim=0).float(), cfg, pad)
+                                   last_block, h_norm.float(), cfg, pad)
         bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
         if bad:
             raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")
-        Z = H + targets.delta.T.double().cpu()                          # (d, n)
+        Z = H + targets.delta[owner].T.double().cpu()                   # (d, m)
         fraction = realised_fraction(K, self.C[self.layers[0]], lam, sums.T(self.layers[0]))
+        fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
         vectors: list[dict] = [{} for _ in facts]
         for j, layer in enumerate(self.layers):
             if j:
-                K, H = keys_and_hidden(self.shadow, key_batch, n, edited(layer), last_block)
-            R = spread_residual(Z, H, len(self.layers) - j)              # (d, n)
+                K, H, owner = measure(layer)
+            R = spread_residual(Z, H, len(self.layers) - j)              # (d, m)
             if self.method == "d4s":
                 sums.add(layer, K, R)
             else:
@@ -193,7 +197,8 @@ class Editor:
                 raise EditRejected(f"facts {[f.id for f in facts]} made layer {layer} non-finite; nothing applied")
             self._set_weight(self.shadow, layer, W)
             for i in range(n):
-                vectors[i][layer] = (K[:, i].clone(), R[:, i].clone())
+                mine = owner == i
+                vectors[i][layer] = (K[:, mine].clone(), R[:, mine].clone())
         return [NewEdit(f, vectors[i], float(targets.probability[i]), float(fraction[i]))
                 for i, f in enumerate(facts)]
 

@@ -17,14 +17,19 @@ def average_by_fact(values: torch.Tensor, fact: torch.Tensor, n_facts: int) -> t
 
 
 @torch.no_grad()
-def keys_and_hidden(model, batch: RowBatch, n_facts: int, edited: torch.nn.Module,
-                    last_block: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """K (d_in, n): the edited module's input at each subject's last token;
-    H (d, n): the last edited block's output there. Both float64, averaged over forms."""
+def keys_and_hidden(model, batch: RowBatch, n_facts: int, edited: torch.nn.Module, last_block: torch.nn.Module,
+                    per_form: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K (d_in, m): the edited module's input at each subject's last token;
+    H (d, m): the last edited block's output there; owner (m,): the fact of each column.
+    Float64. With per_form, every prompt form is its own column; else one column per
+    fact, averaged over its forms."""
     with capture_inputs({"key": edited}) as inputs, capture_outputs({"h": last_block}) as outputs, \
             stop_after(last_block):
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     keys = inputs["key"][rows, batch.subject_pos].double()
     hidden = outputs["h"][rows, batch.subject_pos].double()
-    return average_by_fact(keys, batch.fact, n_facts).T.cpu(), average_by_fact(hidden, batch.fact, n_facts).T.cpu()
+    if per_form:
+        return keys.T.cpu(), hidden.T.cpu(), batch.fact.cpu()
+    owner = torch.arange(n_facts)
+    return average_by_fact(keys, batch.fact, n_facts).T.cpu(), average_by_fact(hidden, batch.fact, n_facts).T.cpu(), owner

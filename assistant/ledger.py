@@ -49,6 +49,9 @@ LEDGER_MIGRATIONS = [
             active_edits INTEGER NOT NULL,
             PRIMARY KEY (generation, layer))
     """),
+    Migration("0002_edit_vector_columns", """
+        ALTER TABLE edit_vectors ADD COLUMN columns INTEGER NOT NULL DEFAULT 1
+    """),
 ]
 
 
@@ -74,12 +77,18 @@ class NewEdit:
     realised_fraction: float
 
 
-def _blob(vector: torch.Tensor) -> bytes:
-    return vector.detach().double().cpu().numpy().tobytes()
+def _columns(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors[:, None] if vectors.dim() == 1 else vectors
 
 
-def _vector(blob: bytes) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(blob, dtype=np.float64).copy())
+def _blob(vectors: torch.Tensor) -> bytes:
+    """Columns (d, m) stored as m rows of d float64 values."""
+    return _columns(vectors).detach().double().cpu().T.contiguous().numpy().tobytes()
+
+
+def _matrix(blob: bytes, columns: int) -> torch.Tensor:
+    """The (d, m) columns back from a blob."""
+    return torch.from_numpy(np.frombuffer(blob, dtype=np.float64).copy()).view(columns, -1).T
 
 
 class Ledger:
@@ -126,8 +135,9 @@ class Ledger:
                      edit.target_probability, edit.realised_fraction, stamp))
                 ids.append(cursor.lastrowid)
                 self.conn.executemany(
-                    "INSERT INTO edit_vectors (edit_id, layer, k, r) VALUES (?, ?, ?, ?)",
-                    [(cursor.lastrowid, layer, _blob(k), _blob(r)) for layer, (k, r) in edit.vectors.items()])
+                    "INSERT INTO edit_vectors (edit_id, layer, k, r, columns) VALUES (?, ?, ?, ?, ?)",
+                    [(cursor.lastrowid, layer, _blob(k), _blob(r), _columns(k).shape[1])
+                     for layer, (k, r) in edit.vectors.items()])
             active = self.conn.execute("SELECT COUNT(*) FROM edits WHERE status = 'active'").fetchone()[0]
             self.conn.executemany(
                 "INSERT INTO l1_history VALUES (?, ?, ?, ?, ?, ?)",
@@ -153,8 +163,10 @@ class Ledger:
         return self._record(row) if row else None
 
     def vectors(self, edit_id: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        rows = self.conn.execute("SELECT layer, k, r FROM edit_vectors WHERE edit_id = ?", (edit_id,))
-        return {row["layer"]: (_vector(row["k"]), _vector(row["r"])) for row in rows}
+        """Per layer, the keys K (d_in, m) and residuals R (d_out, m) the edit added:
+        one column per prompt form, or one averaged column."""
+        rows = self.conn.execute("SELECT layer, k, r, columns FROM edit_vectors WHERE edit_id = ?", (edit_id,))
+        return {row["layer"]: (_matrix(row["k"], row["columns"]), _matrix(row["r"], row["columns"])) for row in rows}
 
     def l1_history(self) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM l1_history ORDER BY generation, layer")

@@ -66,7 +66,7 @@ def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) ->
     row_nll = torch.zeros(len(batch.rows), device=token_nll.device).index_add_(0, rows, token_nll)
     row_nll = row_nll / torch.tensor([r.target_len for r in batch.rows], device=row_nll.device)
     fact_nll = torch.zeros(n_facts, device=row_nll.device).index_add_(0, batch.fact, row_nll)
-    worst = torch.zeros(n_facts, device=row_nll.device).index_reduce_(0, batch.fact, row_nll.detach(), "amax")
+    worst = torch.zeros(n_facts, device=row_nll.device).scatter_reduce(0, batch.fact, row_nll.detach(), "amax")
     return fact_nll / torch.bincount(batch.fact, minlength=n_facts).clamp(min=1), worst
 
 

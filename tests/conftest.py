@@ -244,8 +244,8 @@ def sums_of_active_edits(editor) -> dict[str, torch.Tensor]:
     expected = {name: torch.zeros_like(t) for name, t in editor.sums.tensors.items()}
     for record in editor.ledger.edits("active"):
         for layer, (k, r) in editor.ledger.vectors(record.id).items():
-            expected[f"S.{layer}"] += torch.outer(r, k)
-            expected[f"T.{layer}"] += torch.outer(k, k)
+            expected[f"S.{layer}"] += r @ k.T
+            expected[f"T.{layer}"] += k @ k.T
     return expected
 
 

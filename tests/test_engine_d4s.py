@@ -41,7 +41,8 @@ def test_edits_change_only_the_edited_layers(model, open_engine, make_config, fa
     for layer in editor.layers:
         k, r = editor.ledger.vectors(active[0].id)[layer]
         W = editor._weight(editor.model, layer)
-        assert k.shape == (W.shape[1],) and r.shape == (W.shape[0],)
+        forms = len(editor.config.editing.context_prefixes)       # per_form keys: a column per prompt form
+        assert k.shape[0] == W.shape[1] and k.shape[1] >= forms and r.shape == (W.shape[0], k.shape[1])
         for name in (f"S.{layer}", f"T.{layer}"):
             assert inspect.relative_error(editor.sums.tensors[name], expected[name]) < 1e-10
         rebuilt = edited_weight(editor.W0[layer], d4s_delta(expected[f"S.{layer}"], expected[f"T.{layer}"],
@@ -71,13 +72,14 @@ def test_shadow_shares_everything_but_the_edited_weights(model, open_engine):
 def test_single_edit_realises_its_share_through_the_module(model, open_engine, make_config, new_fact, inspect):
     """Drive the edited module itself (Linear or transposed Conv1D) with the edit's key:
     the output moves by a/(1+a) r, a = k^T (lam C)^-1 k, at every edited layer."""
-    editor = open_engine(model)
+    editor = open_engine(model, key_mode="mean")
     pristine = load_model(make_config(model)).model
     report = editor.apply([new_fact(5)])
     vectors = editor.ledger.vectors(report.edit_ids[0])
     lam = editor.config.editing.mom2_weight
     for layer in editor.layers:
         k, r = vectors[layer]
+        k, r = k[:, 0], r[:, 0]
         a = k @ torch.linalg.solve(lam * editor.C[layer], k)
         with torch.no_grad():
             name = editor.names[layer]
@@ -119,7 +121,7 @@ def test_edit_a_then_b_then_retract_a_leaves_b_alone(model, open_engine, new_fac
     assert editor.ledger.edit(a).status == "retracted" and editor.ledger.edit(b).status == "active"
     lam = editor.config.editing.mom2_weight
     for layer, (k, r) in editor.ledger.vectors(b).items():
-        S, T = torch.outer(r, k), torch.outer(k, k)
+        S, T = r @ k.T, k @ k.T
         assert inspect.relative_error(editor.sums.tensors[f"S.{layer}"], S) < 1e-6
         assert inspect.relative_error(editor.sums.tensors[f"T.{layer}"], T) < 1e-6
         alone = edited_weight(editor.W0[layer], d4s_delta(S, T, editor.C[layer], lam))
@@ -154,8 +156,8 @@ def test_supersede_replaces_the_old_edit_exactly(open_engine, new_fact, inspect,
     assert editor.ledger.active_edit_for_fact("capital").fact.target_new == "Rome"
     assert [e.id for e in editor.ledger.edits("active")] == [new_id]
     for layer, (k, r) in editor.ledger.vectors(new_id).items():
-        assert inspect.relative_error(editor.sums.tensors[f"S.{layer}"], torch.outer(r, k)) < 1e-6
-        assert inspect.relative_error(editor.sums.tensors[f"T.{layer}"], torch.outer(k, k)) < 1e-6
+        assert inspect.relative_error(editor.sums.tensors[f"S.{layer}"], r @ k.T) < 1e-6
+        assert inspect.relative_error(editor.sums.tensors[f"T.{layer}"], k @ k.T) < 1e-6
 
     # the new edit was measured with the old one removed: as if it were the first edit
     fresh = open_engine(state_dir=livedit_dirs["state"] / "fresh")

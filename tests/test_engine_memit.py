@@ -12,8 +12,8 @@ from assistant.state import edited_weight
 
 def memit_delta_from_ledger(editor, edit_ids, layer):
     vectors = [editor.ledger.vectors(i)[layer] for i in edit_ids]
-    K = torch.stack([k for k, _ in vectors], dim=1)              # (d_in, n)
-    R = torch.stack([r for _, r in vectors], dim=1)              # (d_out, n)
+    K = torch.cat([k for k, _ in vectors], dim=1)                # (d_in, columns)
+    R = torch.cat([r for _, r in vectors], dim=1)                # (d_out, columns)
     return memit_delta(K, R, editor.C[layer], editor.config.editing.mom2_weight)
 
 
