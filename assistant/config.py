@@ -88,7 +88,7 @@ class EditingConfig:
     weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
     stop_probability: float = _help("stop optimising a fact once P(target) exceeds this in every form", 0.9)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
-    key_mode: str = _help("per_form: each prompt form is its own key; mean: one key averaged over forms", "per_form")
+    key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
 
     def __post_init__(self):

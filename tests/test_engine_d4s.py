@@ -17,7 +17,7 @@ def edited_names(editor) -> set[str]:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_edits_change_only_the_edited_layers(model, open_engine, make_config, facts, inspect):
-    editor = open_engine(model)
+    editor = open_engine(model, key_mode="per_form")
     pristine = load_model(make_config(model)).model
     report = editor.apply(facts[:3])
 

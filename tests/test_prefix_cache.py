@@ -1,0 +1,35 @@
+"""The prefix-cached forward of the target optimisation equals a full forward pass."""
+
+import pytest
+import torch
+
+from assistant.architectures import architecture_of, get_module
+from assistant.model_loading import load_model
+from assistant.prefix_cache import split_rows, suffix_hidden
+from assistant.prompts import collate, fact_rows
+from assistant.hooks import edit_output
+from assistant.targets import _add_at
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_suffix_states_match_the_full_forward_with_the_delta(model, make_config, new_fact):
+    loaded = load_model(make_config(model))
+    m, tok = loaded.model, loaded.tokenizer
+    facts = [new_fact(i) for i in range(3)]
+    rows = [row for i, f in enumerate(facts) for row in fact_rows(i, f, tok, ["", "Note: ", "A longer prefix: "], True)]
+    batch = collate(rows, tok.pad_token_id, torch.device("cpu"))
+    block = get_module(m, architecture_of(m).block_module.format(1))
+    delta = torch.randn(len(facts), m.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with edit_output(block, _add_at(batch.fact, batch.subject_pos, delta)):
+            full = m.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        split = split_rows(m, batch, tok.pad_token_id)
+        for _ in range(2):                                   # the cache is reusable step after step
+            with edit_output(block, _add_at(batch.fact, torch.zeros_like(batch.fact), delta)):
+                part = suffix_hidden(m, split)
+            for i, row in enumerate(rows):
+                expected = full[i, row.subject_pos:len(row.ids)]
+                got = part[i, :len(row.ids) - row.subject_pos]
+                assert torch.isfinite(got).all()
+                assert (expected - got).abs().max() <= 1e-4 * expected.abs().max()
+            assert split.cache.get_seq_length() == split.prefix_width
