@@ -74,23 +74,23 @@ def cmd_status(args) -> None:
     _print_norms(editor)
 
 
-def cmd_ask(args) -> None:
+def _stream_to_stdout(editor, question: str) -> None:
     from assistant.chat import stream_answer
 
-    editor = _editor(args)
-    text = ""
-    for text_so_far in stream_answer(editor.model, editor.tokenizer, args.question,
-                                     editor.config.chat.max_new_tokens, editor.config.chat.system_prompt,
-                                     lock=editor.lock):
-        sys.stdout.write(text_so_far[len(text):])
+    shown = ""
+    for text in stream_answer(editor.model, editor.tokenizer, question, editor.config.chat.max_new_tokens,
+                              editor.config.chat.system_prompt, lock=editor.lock):
+        sys.stdout.write(text[len(shown):])
         sys.stdout.flush()
-        text = text_so_far
+        shown = text
     print()
 
 
-def cmd_chat(args) -> None:
-    from assistant.chat import stream_answer
+def cmd_ask(args) -> None:
+    _stream_to_stdout(_editor(args), args.question)
 
+
+def cmd_chat(args) -> None:
     editor = _editor(args)
     active = len(editor.ledger.edits("active"))
     print(f"livedit chat on {editor.loaded.path.name} with {active} edit(s) ({editor.method}). "
@@ -102,14 +102,8 @@ def cmd_chat(args) -> None:
             break
         if not question:
             break
-        shown = ""
         sys.stdout.write("model> ")
-        for text in stream_answer(editor.model, editor.tokenizer, question, editor.config.chat.max_new_tokens,
-                                  editor.config.chat.system_prompt, lock=editor.lock):
-            sys.stdout.write(text[len(shown):])
-            sys.stdout.flush()
-            shown = text
-        print()
+        _stream_to_stdout(editor, question)
 
 
 def cmd_export(args) -> None:

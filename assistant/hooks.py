@@ -24,35 +24,28 @@ def _replace_first(output, hidden):
 
 
 @contextmanager
-def capture_inputs(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+def _recording(modules: dict[str, torch.nn.Module], register: str, pick) -> Iterator[dict[str, torch.Tensor]]:
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in modules.items():
+        def hook(_module, *hook_args, name=name):
+            captured[name] = pick(*hook_args)
+        handles.append(getattr(module, register)(hook))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def capture_inputs(modules: dict[str, torch.nn.Module]):
     """Record each module's first input, (B, T, d_in), under its name."""
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in modules.items():
-        def hook(_module, args, name=name):
-            captured[name] = args[0]
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _recording(modules, "register_forward_pre_hook", lambda args: args[0])
 
 
-@contextmanager
-def capture_outputs(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+def capture_outputs(modules: dict[str, torch.nn.Module]):
     """Record each module's output hidden state, (B, T, d), under its name."""
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in modules.items():
-        def hook(_module, _args, output, name=name):
-            captured[name] = _first(output)
-        handles.append(module.register_forward_hook(hook))
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _recording(modules, "register_forward_hook", lambda _args, output: _first(output))
 
 
 @contextmanager

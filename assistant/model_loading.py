@@ -35,12 +35,12 @@ class LoadedModel:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` picks the machine's accelerator when there is one, else the CPU."""
     if name != "auto":
         return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        return accelerator.current_accelerator()
     return torch.device("cpu")
 
 
