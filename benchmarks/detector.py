@@ -2,12 +2,13 @@
 
 Curates a mix of CounterFact facts: even records with their true object (ground_truth),
 odd records with the counterfactual one (target_new). The detector runs over all of them
-on the unedited default model (CPU), with a real store, queue and check log in a
-temporary folder. Each fact is labelled "the model gets it wrong" when the model's own
-greedy completion, one prompt at a time, does not contain the curated object; labels are
-taken with the detector's token budget and with twice that. The detector's verdicts are
-compared with the labels, and so is the teacher-forced score alone (the object's mean
-per-token probability, no generation), at fixed thresholds and at the best one.
+on the unedited default model (CPU, one torch thread unless --threads says otherwise),
+with a real store, queue and check log in a temporary folder. Each fact is labelled
+"the model gets it wrong" when the model's own greedy completion, one prompt at a time,
+does not contain the curated object; labels are taken with the detector's token budget
+and with twice that. The detector's verdicts are compared with the labels, and so is the
+teacher-forced score alone (the object's mean per-token probability, no generation), at
+fixed thresholds and at the best one.
 
     .venv/bin/python -m benchmarks.detector --count 120 --out benchmarks/results/detector.json
 """
@@ -132,12 +133,15 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--count", type=int, default=120, help="CounterFact cases, one curated fact each")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 by default: on a shared 2-core machine 2 threads is far slower)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", required=True, help="JSON results file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = configured(args.set)
+    torch.set_num_threads(args.threads)
     records, kinds = curated_records(config, args.start, args.count)
     loaded = load_model(config)
     with tempfile.TemporaryDirectory(prefix="livedit-detector-") as folder:

@@ -280,3 +280,7 @@ def register_commands(commands) -> None:
     """Add `facts` and `queue` to the `livedit` subcommands."""
     _register_facts(commands)
     _register_queue(commands)
+    from updater.intake_cli import register_correct              # correct (chat corrections -> queue)
+    register_correct(commands, default_user())
+    from updater.model_cli import register_model_commands    # detect, apply (they load the model)
+    register_model_commands(commands)

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from assistant.cli import main
 from assistant.config import load_config
@@ -40,7 +41,10 @@ def updater_home(real_config, load_real_model, tmp_path, monkeypatch):
     monkeypatch.setenv("LIVEDIT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("LIVEDIT_CONFIG", raising=False)
-    return home
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # on a busy 2-core machine one thread is several times faster
+    yield home
+    torch.set_num_threads(threads)
 
 
 def livedit(capsys, *argv: str) -> str:
