@@ -48,22 +48,28 @@ def answer(model, tokenizer, question: str, max_new_tokens: int = 48, system_pro
     return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
 
-@torch.no_grad()
 def answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48, system_prompt: str = "",
             batch_size: int = 16) -> list[str]:
     """Greedy answers to many questions, in left-padded batches."""
+    encoded = [encode_chat_prompt(tokenizer, chat_prompt(tokenizer, q, system_prompt)) for q in questions]
+    return [text.strip() for text in greedy_continuations(model, tokenizer, encoded, max_new_tokens, batch_size)]
+
+
+@torch.no_grad()
+def greedy_continuations(model, tokenizer, encoded: list[list[int]], max_new_tokens: int,
+                         batch_size: int = 16) -> list[str]:
+    """The greedy continuation of each tokenised prompt, in left-padded batches."""
     device = next(model.parameters()).device
     results = []
-    for start in range(0, len(questions), batch_size):
-        chunk = questions[start:start + batch_size]
-        encoded = [encode_chat_prompt(tokenizer, chat_prompt(tokenizer, q, system_prompt)) for q in chunk]
-        width = max(map(len, encoded))
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        width = max(map(len, chunk))
         pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
         output = model.generate(input_ids=input_ids, attention_mask=mask,
                                 **_generation_settings(tokenizer, max_new_tokens))
-        results += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
+        results += [tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
     return results
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from assistant.chat import answers, chat_prompt
+from assistant.chat import answers, chat_prompt, greedy_continuations
 from assistant.metrics import answer_contains, completion_nll
 from updater.records import CuratedFact
 
@@ -46,21 +46,10 @@ def first_line(text: str) -> str:
     return stripped.split("\n", 1)[0].strip() if stripped else ""
 
 
-@torch.no_grad()
 def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """The first line of each prompt's greedy continuation, in left-padded batches."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    results = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [tokenizer(prompt).input_ids for prompt in prompts[start:start + batch_size]]
-        width = max(map(len, encoded))
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
-        output = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        results += [first_line(tokenizer.decode(row[width:], skip_special_tokens=True)) for row in output]
-    return results
+    encoded = [tokenizer(prompt).input_ids for prompt in prompts]
+    return [first_line(text) for text in greedy_continuations(model, tokenizer, encoded, max_new_tokens, batch_size)]
 
 
 def _generate(model, tokenizer, forms: list[tuple[str, str]], settings: ProbeSettings) -> list[str]:
