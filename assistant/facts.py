@@ -154,26 +154,32 @@ def read_text_strict(path: Path) -> str:
         raise InvalidFact(f"{path}: cannot read ({error.strerror})") from error
 
 
-def load_facts(path: Path | str) -> list[Fact]:
-    """All facts in a JSONL file or a JSON array; any bad record fails the whole file."""
-    path = Path(path)
-    text = read_text_strict(path)
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+def json_records(text: str, name: str) -> list[tuple[str, object]]:
+    """Each record of a JSON array or of JSONL text, with where it is ("facts.jsonl line 7")."""
+    if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as error:
-            raise InvalidFact(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from error
-        located = [(f"{path} record {i + 1}", r) for i, r in enumerate(records)]
-    else:
-        located = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                located.append((f"{path} line {number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise InvalidFact(f"{path} line {number}: invalid JSON: {error.msg}") from error
+            raise InvalidFact(f"{name}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+        if not isinstance(records, list):
+            raise InvalidFact(f"{name}: expected a JSON array of records")
+        return [(f"{name} record {number}", record) for number, record in enumerate(records, start=1)]
+    located = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            located.append((f"{name} line {number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise InvalidFact(f"{name} line {number}: invalid JSON at column {error.colno}: {error.msg}; "
+                              "write one JSON object per line") from None
+    return located
+
+
+def load_facts(path: Path | str) -> list[Fact]:
+    """All facts in a JSONL file or a JSON array; any bad record fails the whole file."""
+    path = Path(path)
+    located = json_records(read_text_strict(path).lstrip("\ufeff"), str(path))
     facts = [fact_from_record(record, where) for where, record in located]
     if not facts:
         raise InvalidFact(f"{path}: no facts found")

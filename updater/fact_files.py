@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, TextIO
 
 from assistant.errors import InvalidFact
-from assistant.facts import read_text_strict
+from assistant.facts import json_records, read_text_strict
 from updater.records import EXPORT_FIELDS, CuratedFact
 
 FORMATS = ("jsonl", "json", "csv")
@@ -36,35 +36,10 @@ def read_records(path: Path | str, chosen_format: str | None = None) -> list[tup
     text = read_text_strict(path).lstrip("\ufeff")
     if fmt == "csv":
         located = _csv_records(text, str(path))
-    elif text.lstrip().startswith("["):
-        located = _json_array_records(text, str(path))
     else:
-        located = _jsonl_records(text, str(path))
+        located = json_records(text, str(path))
     if not located:
         raise InvalidFact(f"{path}: no records found")
-    return located
-
-
-def _json_array_records(text: str, name: str) -> list[tuple[str, dict]]:
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidFact(f"{name}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
-    if not isinstance(records, list):
-        raise InvalidFact(f"{name}: expected a JSON array of records")
-    return [(f"{name} record {number}", record) for number, record in enumerate(records, start=1)]
-
-
-def _jsonl_records(text: str, name: str) -> list[tuple[str, dict]]:
-    located = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            located.append((f"{name} line {number}", json.loads(line)))
-        except json.JSONDecodeError as error:
-            raise InvalidFact(f"{name} line {number}: invalid JSON at column {error.colno}: {error.msg}; "
-                              "write one JSON object per line") from None
     return located
 
 
