@@ -8,13 +8,10 @@ the detector asks it again (see ``updater.detector.due_facts``).
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, fields
-from pathlib import Path
 
-from assistant.config import Config
 from assistant.migrations import Migration
-from updater.database import open_database, write_transaction
+from updater.database import Database, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +62,9 @@ class Check:
 COLUMNS = tuple(f.name for f in fields(Check))
 
 
-class CheckLog:
-    def __init__(self, path: Path | str):
-        self.path = path
-        self.conn = open_database(path, CHECK_MIGRATIONS)
-        self.lock = threading.Lock()
-
-    @classmethod
-    def open(cls, config: Config) -> "CheckLog":
-        """The log at $LIVEDIT_HOME/detector.sqlite."""
-        return cls(config.paths.home_dir() / "detector.sqlite")
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> "CheckLog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+class CheckLog(Database):
+    MIGRATIONS = CHECK_MIGRATIONS
+    FILE_NAME = "detector.sqlite"
 
     def record(self, checks: list[Check]) -> None:
         """Store checks in one transaction."""

@@ -35,3 +35,30 @@ def write_transaction(conn: sqlite3.Connection, lock: threading.Lock):
             conn.rollback()
             raise
         conn.commit()
+
+
+class Database:
+    """One SQLite file with its migrations, a write lock, and close/context-manager plumbing.
+    Subclasses set MIGRATIONS and FILE_NAME (the file under $LIVEDIT_HOME)."""
+
+    MIGRATIONS: list[Migration] = []
+    FILE_NAME = ""
+
+    def __init__(self, path: Path | str):
+        self.path = path
+        self.conn = open_database(path, self.MIGRATIONS)
+        self.lock = threading.Lock()
+
+    @classmethod
+    def open(cls, config):
+        """The database at $LIVEDIT_HOME/FILE_NAME."""
+        return cls(config.paths.home_dir() / cls.FILE_NAME)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-from assistant.config import Config
 from assistant.errors import InvalidFact
 from assistant.facts import Fact, make_fact, make_template
 from assistant.migrations import Migration, now
-from updater.database import open_database, write_transaction
+from updater.database import Database, write_transaction
 from updater.errors import IllegalTransition, ItemNotFound, StaleProposal
 from updater.records import CuratedFact, clean_text
 
@@ -137,25 +134,9 @@ def check_transition(item: QueueItem, to_state: str) -> None:
                                 f"(from {item.state} it can become: {allowed})")
 
 
-class EditQueue:
-    def __init__(self, path: Path | str):
-        self.path = path
-        self.conn = open_database(path, QUEUE_MIGRATIONS)
-        self.lock = threading.Lock()
-
-    @classmethod
-    def open(cls, config: Config) -> "EditQueue":
-        """The queue at $LIVEDIT_HOME/queue.sqlite."""
-        return cls(config.paths.home_dir() / "queue.sqlite")
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> "EditQueue":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+class EditQueue(Database):
+    MIGRATIONS = QUEUE_MIGRATIONS
+    FILE_NAME = "queue.sqlite"
 
     # -- reading ---------------------------------------------------------------------------
     def find(self, item_id: int) -> QueueItem | None:
