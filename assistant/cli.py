@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from assistant.config import METHODS, Config, load_config
-from assistant.errors import LiveditError
+from assistant.errors import ConfigError, LiveditError
 
 
 def _config(args) -> Config:
@@ -112,6 +112,25 @@ def cmd_export(args) -> None:
     print(f"exported the edited model to {out} (load it with transformers' from_pretrained)")
 
 
+def cmd_bench(args) -> None:
+    from assistant.bench import BenchPlan, run_bench
+    from assistant.bench_report import write_report
+
+    out = Path(args.out)
+    if not args.report_only:
+        lengths = tuple(int(x) for x in args.target_tokens.split("-")) if args.target_tokens else None
+        if lengths is not None and len(lengths) != 2:
+            raise ConfigError(f"--target-tokens {args.target_tokens!r}: write LOW-HIGH, e.g. 2-3")
+        config = _config(args)
+        for method in args.method or [config.editing.method]:
+            plan = BenchPlan(method=method, dataset=args.dataset, start=args.start, count=args.count,
+                             batch_size=args.batch_size, every=args.every, seed=args.seed, token_lengths=lengths,
+                             general_items=args.general_items, chat=args.chat)
+            state = Path(args.state_dir) / plan.name if args.state_dir else None
+            run_bench(config, plan, out, state, report=lambda text: print(text, flush=True))
+    print(f"report: {write_report(out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livedit", description="A chat model that keeps learning corrections.")
     parser.add_argument("--config", help="config.toml to use (default: LIVEDIT_CONFIG or the project's own)")
@@ -145,6 +164,22 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="save the edited model as a Hugging Face checkpoint")
     export.add_argument("--out", required=True)
     export.set_defaults(run=cmd_export)
+
+    bench = commands.add_parser("bench", help="sequential-editing benchmark with plots and a table")
+    bench.add_argument("--method", action="append", choices=METHODS, help="method(s) to run, one after another")
+    bench.add_argument("--dataset", default="counterfact", help="counterfact, zsre, qaedit, mqd-yesno, "
+                       "mqd-choice or mqd-direct")
+    bench.add_argument("--start", type=int, default=0, help="first record of the data set")
+    bench.add_argument("--count", type=int, default=1000, help="facts to edit")
+    bench.add_argument("--batch-size", type=int, default=10)
+    bench.add_argument("--every", type=int, default=100, help="evaluate every K edits")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the MMLU/SST-2 samples and MQD options")
+    bench.add_argument("--target-tokens", help="only facts whose new object has LOW-HIGH tokens, e.g. 2-3")
+    bench.add_argument("--general-items", type=int, default=100, help="MMLU and SST-2 questions, each")
+    bench.add_argument("--chat", action="store_true", help="also chat efficacy by greedy answers")
+    bench.add_argument("--out", required=True, help="folder for results JSON, plots and report.md")
+    bench.add_argument("--report-only", action="store_true", help="only redraw plots and report.md")
+    bench.set_defaults(run=cmd_bench)
 
     from updater.cli import register_commands
     register_commands(commands)

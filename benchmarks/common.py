@@ -5,31 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
-import time
 from pathlib import Path
 
-import torch
-
 from assistant.config import Config, load_config
-from assistant.facts import Fact, fact_from_record
+from assistant.bench import environment as bench_environment
+from assistant.datasets import EDIT_FILES, load_edit_facts
+from assistant.facts import Fact
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def data_file(config: Config, name: str) -> Path:
-    files = {
-        "counterfact": "counterfact/counterfact-edit-dev.json",
-        "qaedit": "qaedit/qaedit-dev.json",
-        "zsre": "zsre/zsre_mend_eval_portability_gpt4.json",
-    }
-    return config.paths.shared_data_dir() / files[name]
+    return config.paths.shared_data_dir() / EDIT_FILES[name]
 
 
 def load_slice(config: Config, name: str, start: int, count: int) -> list[Fact]:
-    records = json.loads(data_file(config, name).read_text(encoding="utf-8"))[start:start + count]
-    return [fact_from_record(record, f"{name}[{start + i}]") for i, record in enumerate(records)]
+    return load_edit_facts(config.paths.shared_data_dir(), name, start, count)
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -56,14 +48,11 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def environment() -> dict:
-    device = "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = os.environ.get("LIVEDIT_COMMIT", "")
-    return {"device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "commit": commit, "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {**bench_environment(), "commit": commit}
 
 
 def write_json(path: Path | str, payload: dict) -> None:

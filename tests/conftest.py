@@ -96,7 +96,38 @@ def shared_data_dir(tmp_path_factory, sentences) -> Path:
     me_ppl.mkdir(parents=True)
     records = [{"Corpus": "generated", "Text": " ".join(sentences[i:i + 3])} for i in range(0, len(sentences), 3)]
     (me_ppl / "ME-PPL.json").write_text(json.dumps(records), encoding="utf-8")
+    write_evaluation_data(root, sentences)
     return root
+
+
+def counterfact_record(case_id: int) -> dict:
+    """An EasyEdit CounterFact record over the tiny vocabulary."""
+    subject, relation = SUBJECTS[case_id % len(SUBJECTS)], RELATIONS[case_id % len(RELATIONS)]
+    neighbour = SUBJECTS[(case_id + 5) % len(SUBJECTS)]
+    return {"case_id": case_id, "prompt": f"{subject} {relation}", "subject": subject,
+            "target_new": OBJECTS[(3 * case_id + 1) % len(OBJECTS)], "ground_truth": OBJECTS[case_id % len(OBJECTS)],
+            "rephrase_prompt": f"{FILLERS[case_id % len(FILLERS)]} {subject} {relation}",
+            "locality_prompt": f"{neighbour} {relation}", "locality_ground_truth": OBJECTS[(case_id + 7) % len(OBJECTS)]}
+
+
+def write_evaluation_data(root: Path, sentences: list[str]) -> None:
+    """CounterFact, MMLU, SST-2 and held-out text in the layout of ../shared/data."""
+    (root / "counterfact").mkdir()
+    (root / "counterfact" / "counterfact-edit-dev.json").write_text(
+        json.dumps([counterfact_record(i) for i in range(40)]), encoding="utf-8")
+    tokenized = root / "text" / "wikitext2_tokenized"
+    tokenized.mkdir(parents=True)
+    (tokenized / "valid.txt").write_text("\n".join(f" {s} " for s in sentences[200:260]), encoding="utf-8")
+    mmlu = root / "general" / "mmlu" / "test"
+    mmlu.mkdir(parents=True)
+    rows = ["question,choice0,choice1,choice2,choice3,answer"]
+    rows += [f"Where is {s}?,{OBJECTS[i % 16]},{OBJECTS[(i + 1) % 16]},{OBJECTS[(i + 2) % 16]},{OBJECTS[(i + 3) % 16]},"
+             f"{i % 4}" for i, s in enumerate(SUBJECTS)]
+    (mmlu / "geography_test.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    sst2 = root / "general" / "sst2"
+    sst2.mkdir(parents=True)
+    reviews = [f"{s.lower()} {'good' if i % 2 else 'bad'}\t{i % 2}" for i, s in enumerate(sentences[:30])]
+    (sst2 / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(reviews) + "\n", encoding="utf-8")
 
 
 def _save_model(model, tokenizer, folder: Path) -> Path:
