@@ -96,13 +96,14 @@ def general_measures(model, tokenizer, tasks: GeneralTasks, fluency_tokens: int)
             "generation_sample": generations[0] if generations else ""}
 
 
-def edit_measures(model, tokenizer, facts: list[Fact], probes: list[Fact], chat: bool, system_prompt: str) -> dict:
-    """Efficacy, paraphrase and magnitude on the edits themselves; neighbourhood
-    specificity on their CounterFact probes (the same facts except for MQD)."""
-    own = counterfact_scores(model, tokenizer, facts)
-    result = {"efficacy": own.efficacy, "paraphrase": own.paraphrase, "efficacy_magnitude": own.efficacy_magnitude,
-              "neighborhood": counterfact_scores(model, tokenizer, probes).neighborhood
-              if probes is not facts else own.neighborhood}
+def edit_measures(model, tokenizer, facts: list[Fact], probes: list[Fact] | None, chat: bool,
+                  system_prompt: str) -> dict:
+    """Efficacy, paraphrase and neighbourhood specificity (and their magnitudes) of the
+    edits; with ``probes`` (the CounterFact twins of MQD facts), specificity comes from those."""
+    result = dataclasses.asdict(counterfact_scores(model, tokenizer, facts))
+    if probes is not None:
+        twins = counterfact_scores(model, tokenizer, probes)
+        result |= {"neighborhood": twins.neighborhood, "neighborhood_magnitude": twins.neighborhood_magnitude}
     if chat:
         scores = chat_scores(model, tokenizer, facts, system_prompt=system_prompt)
         result |= {"chat_efficacy": scores.efficacy, "chat_paraphrase": scores.paraphrase}
@@ -134,8 +135,9 @@ def _write_json(path: Path, payload: dict) -> None:
 def _checkpoint(editor, facts, probes, tasks, plan, done: int, results: dict) -> dict:
     model, tok = editor.model, editor.tokenizer
     started = time.perf_counter()
-    point = {"edits": done, **edit_measures(model, tok, facts[:done] or facts, probes[:done] or probes, plan.chat,
-                                            editor.config.chat.system_prompt),
+    scored = slice(0, done or len(facts))               # the unedited model: every fact of the run
+    point = {"edits": done, **edit_measures(model, tok, facts[scored], None if probes is facts else probes[scored],
+                                            plan.chat, editor.config.chat.system_prompt),
              **general_measures(model, tok, tasks, plan.fluency_tokens),
              "seconds_per_edit": results["edit_seconds"] / done if done else None,
              "l1_growth": {str(n.layer): n.growth for n in editor.norms()},

@@ -168,13 +168,18 @@ def choice_accuracy(model, tokenizer, prompts: list[str], options: list[list[str
 
 @dataclass(frozen=True)
 class CounterfactScores:
-    efficacy: float          # share of edit prompts where P(new) > P(true)
-    paraphrase: float        # the same on paraphrase prompts
-    neighborhood: float      # share of neighbourhood prompts where P(true) > P(new)
-    efficacy_magnitude: float  # mean P(new) - P(true) on edit prompts (per-token probabilities)
+    efficacy: float                # share of edit prompts where P(new) > P(true)
+    paraphrase: float              # the same on paraphrase prompts
+    neighborhood: float            # share of neighbourhood prompts where P(true) > P(new)
+    efficacy_magnitude: float      # mean P(new) - P(true) on edit prompts (per-token probabilities)
+    paraphrase_magnitude: float    # the same on paraphrase prompts
+    neighborhood_magnitude: float  # mean P(true) - P(new) on neighbourhood prompts
 
 
 def _prefers(model, tokenizer, prompts, first, second) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether ``first`` is likelier than ``second`` after each prompt, and by how much."""
+    if not prompts:
+        return torch.tensor([math.nan]), torch.tensor([math.nan])
     nll_first = completion_nll(model, tokenizer, prompts, first)
     nll_second = completion_nll(model, tokenizer, prompts, second)
     return (nll_first < nll_second).float(), torch.exp(-nll_first) - torch.exp(-nll_second)
@@ -184,17 +189,16 @@ def counterfact_scores(model, tokenizer, facts: list[Fact]) -> CounterfactScores
     with_true = [f for f in facts if f.target_true]
     if not with_true:
         raise ValueError("CounterFact scores need facts with target_true")
-    prompts = [f.filled_prompt for f in with_true]
-    new, true = [f.target_new for f in with_true], [f.target_true for f in with_true]
-    efficacy, magnitude = _prefers(model, tokenizer, prompts, new, true)
+    efficacy, magnitude = _prefers(model, tokenizer, [f.filled_prompt for f in with_true],
+                                   [f.target_new for f in with_true], [f.target_true for f in with_true])
     para = [(p, f) for f in with_true for p in f.paraphrases]
-    paraphrase = _prefers(model, tokenizer, [p for p, _ in para], [f.target_new for _, f in para],
-                          [f.target_true for _, f in para])[0] if para else torch.tensor([float("nan")])
+    paraphrase, para_magnitude = _prefers(model, tokenizer, [p for p, _ in para], [f.target_new for _, f in para],
+                                          [f.target_true for _, f in para])
     hood = [(p, a, f) for f in with_true for p, a in f.neighborhood]
-    neighborhood = _prefers(model, tokenizer, [p for p, _, _ in hood], [a for _, a, _ in hood],
-                            [f.target_new for _, _, f in hood])[0] if hood else torch.tensor([float("nan")])
-    return CounterfactScores(efficacy.mean().item(), paraphrase.mean().item(), neighborhood.mean().item(),
-                             magnitude.mean().item())
+    neighborhood, hood_magnitude = _prefers(model, tokenizer, [p for p, _, _ in hood], [a for _, a, _ in hood],
+                                            [f.target_new for _, _, f in hood])
+    return CounterfactScores(*(t.mean().item() for t in (efficacy, paraphrase, neighborhood, magnitude,
+                                                           para_magnitude, hood_magnitude)))
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,9 @@ def test_counterfact_scores_on_a_model_that_knows_the_answer(tokenizer):
     size = len(tokenizer)
     p_new, p_true = math.exp(4.0) / (math.exp(4.0) + size - 1), 1 / (math.exp(4.0) + size - 1)
     assert scores.efficacy_magnitude == pytest.approx(p_new - p_true, rel=1e-5)
+    assert scores.paraphrase_magnitude == pytest.approx((p_new - p_true + 0) / 2, rel=1e-5)
+    p_italy = p_new                                 # " speaks" -> " Italy" has the same logit as " in" -> " Spain"
+    assert scores.neighborhood_magnitude == pytest.approx(((p_true - p_new) + (p_italy - p_true)) / 2, rel=1e-5)
     with pytest.raises(ValueError, match="target_true"):
         counterfact_scores(model, tokenizer, [make_fact(id="g", subject="Paris", prompt="Paris is", target_new="x")])
 
