@@ -128,6 +128,24 @@ def markdown_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def damage_table(runs: list[dict]) -> str:
+    """What editing cost, per run: the change of each general measure and of neighbourhood
+    specificity from the run's unedited checkpoint to its last one, next to the perplexity
+    of its targets under the unedited model."""
+    lines = ["| run | edits | target perplexity (median) | perplexity change | fluency change | MMLU change (pts) "
+             "| SST-2 change (pts) | neighbourhood change (pts) | max L1 growth % |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        before, after = run["checkpoints"][0], run["checkpoints"][-1]
+        target = run.get("target_perplexity", {}).get("median")
+        lines.append(f"| {label(run)} | {after['edits']} | {_fmt(target)} | "
+                     f"{after['perplexity'] - before['perplexity']:+.3f} | {after['fluency'] - before['fluency']:+.3f} | "
+                     f"{100 * (after['mmlu'] - before['mmlu']):+.1f} | {100 * (after['sst2'] - before['sst2']):+.1f} | "
+                     f"{100 * (after['neighborhood'] - before['neighborhood']):+.1f} | "
+                     f"{_fmt(max_growth(after), True)} |")
+    return "\n".join(lines)
+
+
 def correlation_table(runs: list[dict]) -> str:
     lines = ["| run | checkpoints | Pearson r | Spearman rho |", "|---|---|---|---|"]
     for run in runs:
@@ -145,7 +163,7 @@ def write_report(out_dir: Path, runs: list[dict] | None = None) -> Path:
     plot_metrics(runs, out_dir / "metrics.png")
     plot_l1(runs, out_dir / "l1.png")
     plot_model_perspective(runs, out_dir / "model-perspective.png")
-    text = ["# Benchmark results", "", markdown_table(runs), ""]
+    text = ["# Benchmark results", "", markdown_table(runs), "", "## What editing cost", "", damage_table(runs), ""]
     targets = [(label(r), r["target_perplexity"]) for r in runs if "target_perplexity" in r]
     if targets:
         text += ["## Perplexity of the new targets under the unedited model", "", "| run | mean | median |",
