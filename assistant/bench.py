@@ -125,7 +125,9 @@ def environment() -> dict:
             "torch": torch.__version__, "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path | str, payload: dict) -> None:
+    """Write JSON atomically (a temporary file, then a rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(payload, indent=1))
@@ -174,11 +176,11 @@ def run_bench(config: Config, plan: BenchPlan, out_dir: Path, state_dir: Path | 
         report(f"{plan.name}: measuring the unedited model")
         results["target_perplexity"] = target_perplexity(editor.model, editor.tokenizer, facts)
         results["checkpoints"].append(_checkpoint(editor, facts, probes, tasks, plan, 0, results))
-        _write_json(results_path, results)
+        write_json(results_path, results)
     while True:
         if done > results["checkpoints"][-1]["edits"] and (done % plan.every == 0 or done == len(facts)):
             results["checkpoints"].append(_checkpoint(editor, facts, probes, tasks, plan, done, results))
-            _write_json(results_path, results)
+            write_json(results_path, results)
             point = results["checkpoints"][-1]
             report(f"{plan.name} after {done}: efficacy {point['efficacy']:.3f} paraphrase "
                    f"{point['paraphrase']:.3f} neighbourhood {point['neighborhood']:.3f} perplexity "
@@ -191,6 +193,6 @@ def run_bench(config: Config, plan: BenchPlan, out_dir: Path, state_dir: Path | 
         editor.apply(batch, batch_size=plan.batch_size)
         results["edit_seconds"] += time.perf_counter() - started
         done += len(batch)
-        _write_json(results_path, results)
+        write_json(results_path, results)
         report(f"{plan.name}: {done}/{len(facts)} edits, {results['edit_seconds'] / done:.2f} s/edit")
     return results

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from assistant.config import Config, load_config
 from assistant.bench import environment as bench_environment
+from assistant.bench import write_json  # noqa: F401  (the scripts' one writer of results)
 from assistant.datasets import EDIT_FILES, load_edit_facts
 from assistant.facts import Fact
 
@@ -53,11 +54,3 @@ def environment() -> dict:
     except OSError:
         commit = os.environ.get("LIVEDIT_COMMIT", "")
     return {**bench_environment(), "commit": commit}
-
-
-def write_json(path: Path | str, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=1))
-    os.replace(temporary, path)
