@@ -1,6 +1,7 @@
 """What would another lambda have given? Replays a d4s run's ledger: every edit's stored
 per-layer (k, r) is summed again and solved with other lambdas, W = W0 + S (lambda C + T)^-1,
-then the edits are scored and the L1 growth per layer is measured.
+then the edits are scored (CounterFact scores, or chat efficacy for QAEdit questions)
+and the L1 growth per layer is measured.
 
 This is an estimate, not a new run: the residuals were measured on the model as edited with
 the run's own lambda. It shows which lambda is worth a real sequential run.
@@ -18,7 +19,7 @@ import torch
 
 from assistant.engine import open_editor
 from assistant.l1 import layer_norms
-from assistant.metrics import counterfact_scores
+from assistant.metrics import chat_scores, counterfact_scores
 from assistant.state import EditSums, edited_weight
 from benchmarks.common import configured, environment, write_json
 
@@ -32,9 +33,14 @@ def replay(editor, edits, lam: float) -> dict:
                for layer in editor.layers}
     for layer, W in weights.items():
         editor._set_weight(editor.model, layer, W)
-    scores = counterfact_scores(editor.model, editor.tokenizer, [record.fact for record in edits])
+    facts = [record.fact for record in edits]
+    if all(f.target_true for f in facts):
+        scores = dataclasses.asdict(counterfact_scores(editor.model, editor.tokenizer, facts))
+    else:                                    # QAEdit questions: chat efficacy by greedy answers
+        chat = chat_scores(editor.model, editor.tokenizer, facts, system_prompt=editor.config.chat.system_prompt)
+        scores = {"chat_efficacy": chat.efficacy, "chat_paraphrase": chat.paraphrase}
     growth = {str(layer): layer_norms(layer, W, editor.W0[layer]).growth for layer, W in weights.items()}
-    return {"lambda": lam, **dataclasses.asdict(scores), "l1_growth": growth, "max_l1_growth": max(growth.values())}
+    return {"lambda": lam, **scores, "l1_growth": growth, "max_l1_growth": max(growth.values())}
 
 
 def main() -> None:
