@@ -59,6 +59,8 @@ def plot_metrics(runs: list[dict], out: Path) -> None:
             ax.plot([p["edits"] for p in points], [p[metric] for p in points], marker=".", label=label(run))
         ax.set_title(metric)
         ax.set_xlabel("edits")
+        if metric == "perplexity":
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes.flat[len(metrics)].axis("off")
     axes.flat[0].legend(fontsize=7)
@@ -128,6 +130,19 @@ def markdown_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_table(runs: list[dict]) -> str:
+    """Every checkpoint of every run: the edit scores, general measures and L1 growth."""
+    lines = ["| run | edits | efficacy | paraphrase | neighbourhood | perplexity | fluency | MMLU | SST-2 "
+             "| mean / max L1 growth % |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for point in run["checkpoints"]:
+            lines.append(f"| {label(run)} | {point['edits']} | {point['efficacy']:.3f} | {point['paraphrase']:.3f} | "
+                         f"{point['neighborhood']:.3f} | {_fmt(point['perplexity'])} | {point['fluency']:.2f} | "
+                         f"{point['mmlu']:.2f} | {point['sst2']:.2f} | "
+                         f"{100 * mean_growth(point):.1f} / {100 * max_growth(point):.1f} |")
+    return "\n".join(lines)
+
+
 def damage_table(runs: list[dict]) -> str:
     """What editing cost, per run: the change of each general measure and of neighbourhood
     specificity from the run's unedited checkpoint to its last one, next to the perplexity
@@ -169,6 +184,7 @@ def write_report(out_dir: Path, runs: list[dict] | None = None) -> Path:
         text += ["## Perplexity of the new targets under the unedited model", "", "| run | mean | median |",
                  "|---|---|---|", *[f"| {name} | {t['mean']:.1f} | {t['median']:.1f} |" for name, t in targets], ""]
     text += ["## L1 growth against retention efficacy", "", correlation_table(runs), "",
+             "## Every checkpoint", "", checkpoint_table(runs), "",
              "![metrics](metrics.png)", "", "![L1 growth](l1.png)", "", "![model perspective](model-perspective.png)", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(text))
