@@ -110,12 +110,14 @@ def _fmt(value, percent: bool = False) -> str:
     return f"{100 * value:.1f}" if percent else f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+def _table(header: list[str], rows: list[str]) -> str:
+    """A Markdown table from its column names and its already formatted rows."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
+
+
 def markdown_table(runs: list[dict]) -> str:
     """One row for the unedited model of each data set and one per run at its last checkpoint."""
-    head = ("| run | edits | efficacy % | paraphrase % | neighbourhood % | perplexity | fluency | MMLU % | SST-2 % "
-            "| max L1 growth % | s/edit |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    seen = set()
+    lines, seen = [], set()
     for run in runs:
         for point, name in ((run["checkpoints"][0], f"{run['plan']['dataset']} unedited"),
                             (run["checkpoints"][-1], label(run))):
@@ -127,29 +129,28 @@ def markdown_table(runs: list[dict]) -> str:
                          f"{_fmt(point['perplexity'])} | {_fmt(point['fluency'])} | {_fmt(point['mmlu'], True)} | "
                          f"{_fmt(point['sst2'], True)} | {_fmt(max_growth(point), True)} | "
                          f"{_fmt(point['seconds_per_edit'])} |")
-    return "\n".join(lines)
+    return _table(["run", "edits", "efficacy %", "paraphrase %", "neighbourhood %", "perplexity", "fluency", "MMLU %",
+                   "SST-2 %", "max L1 growth %", "s/edit"], lines)
 
 
 def checkpoint_table(runs: list[dict]) -> str:
     """Every checkpoint of every run: the edit scores, general measures and L1 growth."""
-    lines = ["| run | edits | efficacy | paraphrase | neighbourhood | perplexity | fluency | MMLU | SST-2 "
-             "| mean / max L1 growth % |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = []
     for run in runs:
         for point in run["checkpoints"]:
             lines.append(f"| {label(run)} | {point['edits']} | {point['efficacy']:.3f} | {point['paraphrase']:.3f} | "
                          f"{point['neighborhood']:.3f} | {_fmt(point['perplexity'])} | {point['fluency']:.2f} | "
                          f"{point['mmlu']:.2f} | {point['sst2']:.2f} | "
                          f"{100 * mean_growth(point):.1f} / {100 * max_growth(point):.1f} |")
-    return "\n".join(lines)
+    return _table(["run", "edits", "efficacy", "paraphrase", "neighbourhood", "perplexity", "fluency", "MMLU", "SST-2",
+                   "mean / max L1 growth %"], lines)
 
 
 def damage_table(runs: list[dict]) -> str:
     """What editing cost, per run: the change of each general measure and of neighbourhood
     specificity from the run's unedited checkpoint to its last one, next to the perplexity
     of its targets under the unedited model."""
-    lines = ["| run | edits | target perplexity (median) | perplexity change | fluency change | MMLU change (pts) "
-             "| SST-2 change (pts) | neighbourhood change (pts) | max L1 growth % |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = []
     for run in runs:
         before, after = run["checkpoints"][0], run["checkpoints"][-1]
         target = run.get("target_perplexity", {}).get("median")
@@ -158,15 +159,14 @@ def damage_table(runs: list[dict]) -> str:
                      f"{100 * (after['mmlu'] - before['mmlu']):+.1f} | {100 * (after['sst2'] - before['sst2']):+.1f} | "
                      f"{100 * (after['neighborhood'] - before['neighborhood']):+.1f} | "
                      f"{_fmt(max_growth(after), True)} |")
-    return "\n".join(lines)
+    return _table(["run", "edits", "target perplexity (median)", "perplexity change", "fluency change",
+                   "MMLU change (pts)", "SST-2 change (pts)", "neighbourhood change (pts)", "max L1 growth %"], lines)
 
 
 def correlation_table(runs: list[dict]) -> str:
-    lines = ["| run | checkpoints | Pearson r | Spearman rho |", "|---|---|---|---|"]
-    for run in runs:
-        view = model_perspective(run)
-        lines.append(f"| {label(run)} | {view['points']} | {view['pearson']:.3f} | {view['spearman']:.3f} |")
-    return "\n".join(lines)
+    views = [(label(run), model_perspective(run)) for run in runs]
+    return _table(["run", "checkpoints", "Pearson r", "Spearman rho"],
+                  [f"| {name} | {v['points']} | {v['pearson']:.3f} | {v['spearman']:.3f} |" for name, v in views])
 
 
 def write_report(out_dir: Path, runs: list[dict] | None = None) -> Path:
@@ -181,8 +181,9 @@ def write_report(out_dir: Path, runs: list[dict] | None = None) -> Path:
     text = ["# Benchmark results", "", markdown_table(runs), "", "## What editing cost", "", damage_table(runs), ""]
     targets = [(label(r), r["target_perplexity"]) for r in runs if "target_perplexity" in r]
     if targets:
-        text += ["## Perplexity of the new targets under the unedited model", "", "| run | mean | median |",
-                 "|---|---|---|", *[f"| {name} | {t['mean']:.1f} | {t['median']:.1f} |" for name, t in targets], ""]
+        text += ["## Perplexity of the new targets under the unedited model", "",
+                 _table(["run", "mean", "median"], [f"| {name} | {t['mean']:.1f} | {t['median']:.1f} |"
+                                                    for name, t in targets]), ""]
     text += ["## L1 growth against retention efficacy", "", correlation_table(runs), "",
              "## Every checkpoint", "", checkpoint_table(runs), "",
              "![metrics](metrics.png)", "", "![L1 growth](l1.png)", "", "![model perspective](model-perspective.png)", ""]
