@@ -25,7 +25,7 @@ from assistant.keys import average_by_fact, keys_and_hidden
 from assistant.l1 import LayerNorms, layer_norms
 from assistant.ledger import Ledger, NewEdit
 from assistant.model_loading import LoadedModel
-from assistant.prompts import check_lengths, collate, fact_rows, kl_row
+from assistant.prompts import RowBatch, check_lengths, collate, fact_rows, kl_row
 from assistant.state import EditSums, edited_weight, remove_other_generations, write_generation
 from assistant.targets import optimise_targets
 
@@ -157,50 +157,83 @@ class Editor:
             self._set_weight(self.shadow, layer, self._weight(self.model, layer).detach())
 
     def _edit_batch(self, facts: list[Fact], sums: EditSums) -> list[NewEdit]:
-        """Measure keys and targets on the shadow, then solve layer by layer (MEMIT's spread)."""
+        """Measure keys and targets on the shadow, solve layer by layer (MEMIT's spread),
+        then, for ``refine_rounds``, re-check every fact on the edited shadow and raise the
+        residuals of those still below the stop probability."""
         cfg, tok = self.config.editing, self.tokenizer
         system, device = self.config.chat.system_prompt, next(self.model.parameters()).device
-        n, lam = len(facts), cfg.mom2_weight
+        n = len(facts)
         train, key_rows, kl_rows = [], [], []
         for i, fact in enumerate(facts):
             train += fact_rows(i, fact, tok, cfg.context_prefixes, True, system, cfg.end_chat_answer)
             key_rows += fact_rows(i, fact, tok, cfg.context_prefixes, False, system)
             kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
         pad = tok.pad_token_id
-        key_batch = collate(key_rows, pad, device)
+        key_batch, train_batch, kl_batch = (collate(rows, pad, device) for rows in (key_rows, train, kl_rows))
         last_block = get_module(self.shadow, self.arch.block_module.format(self.layers[-1]))
         edited = lambda layer: get_module(self.shadow, self.names[layer])  # noqa: E731
 
         measure = lambda layer: keys_and_hidden(self.shadow, key_batch, n, edited(layer), last_block,  # noqa: E731
                                                 cfg.key_mode == "per_form")
-        K, H, owner = measure(self.layers[0])
-        h_norm = average_by_fact(H.norm(dim=0)[:, None], owner, n)[:, 0]
-        targets = optimise_targets(self.shadow, collate(train, pad, device), collate(kl_rows, pad, device),
-                                   last_block, h_norm.float(), cfg, pad)
+        first = measure(self.layers[0])
+        K, H, owner = first
+        h_norm = average_by_fact(H.norm(dim=0)[:, None], owner, n)[:, 0].float()
+        targets = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
+        fraction = realised_fraction(K, self.C[self.layers[0]], cfg.mom2_weight, sums.T(self.layers[0]))
+        fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
+        keys, residuals = self._solve_layers(targets.delta, first, sums, measure)
+        probability = targets.probability
+        for _ in range(cfg.refine_rounds):
+            more = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
+            probability = more.probability
+            behind = more.delta.norm(dim=1).cpu() > 0      # facts that passed at once keep a zero delta
+            if not behind.any():
+                break
+            log.info("refining %d of %d fact(s) below P = %.2f", int(behind.sum()), n, cfg.stop_probability)
+            _, extra = self._solve_layers(more.delta, measure(self.layers[0]), sums, measure, keys, behind)
+            for layer in self.layers:
+                residuals[layer] = residuals[layer] + extra[layer]
+        vectors = [{layer: (keys[layer][:, owner == i].clone(), residuals[layer][:, owner == i].clone())
+                    for layer in self.layers} for i in range(n)]
+        return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
+
+    def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor):
+        targets = optimise_targets(self.shadow, train, kl, last_block, h_norm, self.config.editing,
+                                   self.tokenizer.pad_token_id)
         bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
         if bad:
             raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")
-        Z = H + targets.delta[owner].T.double().cpu()                   # (d, m)
-        fraction = realised_fraction(K, self.C[self.layers[0]], lam, sums.T(self.layers[0]))
-        fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
-        vectors: list[dict] = [{} for _ in facts]
+        return targets
+
+    def _solve_layers(self, delta: torch.Tensor, first: tuple, sums: EditSums, measure,
+                      known_keys: dict[int, torch.Tensor] | None = None, only: torch.Tensor | None = None):
+        """Move the last edited block's output at each key toward Z = H + delta, spreading
+        the residual over the layers and re-measuring after each; update ``sums`` and the
+        shadow. A new batch adds its (k, r) columns; a refinement (``known_keys``) only
+        raises the residuals of the facts in ``only`` at the keys already in the sums.
+        Returns each layer's keys and residuals (d, m)."""
+        lam = self.config.editing.mom2_weight
+        K, H, owner = first
+        Z = H + delta[owner].T.double().cpu()                           # (d, m)
+        keys, residuals = {}, {}
         for j, layer in enumerate(self.layers):
             if j:
                 K, H, owner = measure(layer)
             R = spread_residual(Z, H, len(self.layers) - j)              # (d, m)
-            if self.method == "d4s":
+            if known_keys is not None:
+                K, R = known_keys[layer], R * only[owner].to(R.dtype)
+            if self.method != "d4s":
+                sums.stack(layer, memit_delta(K, R, self.C[layer], lam))
+            elif known_keys is None:
                 sums.add(layer, K, R)
             else:
-                sums.stack(layer, memit_delta(K, R, self.C[layer], lam))
+                sums.raise_residuals(layer, K, R)
             W = edited_weight(self.W0[layer], sums.offset(layer, self.C[layer], lam))
             if not torch.isfinite(W).all():
-                raise EditRejected(f"facts {[f.id for f in facts]} made layer {layer} non-finite; nothing applied")
+                raise EditRejected(f"the edit made layer {layer} non-finite; nothing was applied")
             self._set_weight(self.shadow, layer, W)
-            for i in range(n):
-                mine = owner == i
-                vectors[i][layer] = (K[:, mine].clone(), R[:, mine].clone())
-        return [NewEdit(f, vectors[i], float(targets.probability[i]), float(fraction[i]))
-                for i, f in enumerate(facts)]
+            keys[layer], residuals[layer] = K, R
+        return keys, residuals
 
     def retract(self, edit_id: int) -> None:
         """Remove one edit exactly (D4S): subtract its terms from the sums and solve again."""

@@ -49,6 +49,10 @@ class EditSums:
         self.tensors[f"S.{layer}"] += sign * RK
         self.tensors[f"T.{layer}"] += sign * KK
 
+    def raise_residuals(self, layer: int, K: torch.Tensor, E: torch.Tensor) -> None:
+        """D4S: edits whose keys K are already in T ask for E more at those keys: S += E K^T."""
+        self.tensors[f"S.{layer}"] += E @ K.T
+
     def stack(self, layer: int, delta: torch.Tensor) -> None:
         """memit methods: add a batch's Delta on top of the edited weights."""
         self.tensors[f"delta.{layer}"] += delta

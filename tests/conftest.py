@@ -159,8 +159,20 @@ def gpt2_dir(tmp_path_factory, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_dirs(llama_dir, gpt2_dir) -> dict[str, Path]:
-    return {"llama": llama_dir, "gpt2": gpt2_dir}
+def sharp_llama_dir(tmp_path_factory, tokenizer, llama_dir) -> Path:
+    """The tiny Llama with a 40x output head. The random head keeps every token near 1/V
+    whatever the hidden state; this one lets an edit make its target likely."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(llama_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+    return _save_model(model.eval(), tokenizer, tmp_path_factory.mktemp("sharp-llama"))
+
+
+@pytest.fixture(scope="session")
+def model_dirs(llama_dir, gpt2_dir, sharp_llama_dir) -> dict[str, Path]:
+    return {"llama": llama_dir, "gpt2": gpt2_dir, "sharp-llama": sharp_llama_dir}
 
 
 @pytest.fixture(autouse=True)
