@@ -8,12 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from assistant.config import METHODS, Config, load_config
+from assistant.config import METHODS, Config, load_config, with_overrides
 from assistant.errors import ConfigError, LiveditError
 
 
 def _config(args) -> Config:
-    config = load_config(args.config)
+    config = with_overrides(load_config(args.config), args.set)
     if args.model:
         config = config.replace("model", path=args.model)
     return config
@@ -134,6 +134,8 @@ def cmd_bench(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livedit", description="A chat model that keeps learning corrections.")
     parser.add_argument("--config", help="config.toml to use (default: LIVEDIT_CONFIG or the project's own)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key, e.g. --set editing.mom2_weight=1500 (repeatable)")
     parser.add_argument("--state-dir", help="edit state directory (default: LIVEDIT_STATE_DIR or $LIVEDIT_HOME/state)")
     parser.add_argument("--model", help="a local Hugging Face model directory instead of the default model")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

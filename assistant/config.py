@@ -196,6 +196,26 @@ def config_from_dict(data: dict) -> Config:
     return Config(**built)
 
 
+def with_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``SECTION.KEY=VALUE`` overrides; VALUE is read as TOML (``1500``, ``[3, 4]``,
+    ``true``), or as a plain string when it is not TOML."""
+    for text in overrides:
+        key, equals, raw = text.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not equals or not dot or not name:
+            raise ConfigError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. editing.mom2_weight=1500")
+        if section not in {f.name for f in dataclasses.fields(Config)}:
+            raise ConfigError(f"--set {text!r}: unknown section [{section}]")
+        try:
+            value = tomllib.loads(f"value = {raw.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        table = {**dataclasses.asdict(getattr(config, section)), name: value}
+        config = dataclasses.replace(config, **{section: _section_from_table(type(getattr(config, section)),
+                                                                            section, table)})
+    return config
+
+
 def load_config(path: Path | str | None = None) -> Config:
     """Read config.toml (LIVEDIT_CONFIG, then the project's own file, when path is None)."""
     chosen = Path(path or os.environ.get("LIVEDIT_CONFIG") or DEFAULT_CONFIG_FILE)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 from pathlib import Path
 
-from assistant.config import Config, load_config
+from assistant.config import Config, load_config, with_overrides
 from assistant.bench import environment as bench_environment
 from assistant.bench import write_json  # noqa: F401  (the scripts' one writer of results)
 from assistant.datasets import EDIT_FILES, load_edit_facts
@@ -25,20 +24,8 @@ def load_slice(config: Config, name: str, start: int, count: int) -> list[Fact]:
     return load_edit_facts(config.paths.shared_data_dir(), name, start, count)
 
 
-def parse_override(text: str) -> tuple[str, str, object]:
-    """'editing.mom2_weight=150' -> ('editing', 'mom2_weight', 150.0)."""
-    key, _, raw = text.partition("=")
-    section, _, name = key.partition(".")
-    return section, name, json.loads(raw) if raw[:1] in "[{\"0123456789-tf" else raw
-
-
 def configured(overrides: list[str]) -> Config:
-    config = load_config()
-    for text in overrides:
-        section, name, value = parse_override(text)
-        current = getattr(getattr(config, section), name)
-        config = config.replace(section, **{name: type(current)(value) if not isinstance(current, list) else value})
-    return config
+    return with_overrides(load_config(), overrides)
 
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:

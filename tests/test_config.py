@@ -1,10 +1,11 @@
 """config.toml: one frozen dataclass per section; unknown or bad values are ConfigErrors."""
 
 import dataclasses
+import re
 
 import pytest
 
-from assistant.config import DEFAULT_CONFIG_FILE, Config, config_from_dict, load_config
+from assistant.config import DEFAULT_CONFIG_FILE, Config, config_from_dict, load_config, with_overrides
 from assistant.errors import ConfigError
 
 
@@ -125,3 +126,26 @@ def test_bad_method_given_to_open_editor_is_rejected(make_config, livedit_dirs):
             assert ledger.meta() == {}
         finally:
             ledger.close()
+
+
+def test_overrides_are_read_as_toml_and_validated():
+    config = with_overrides(load_config(), ["editing.mom2_weight=1500", "editing.layers=[2, 3]",
+                                            "editing.key_mode=per_form", "editing.end_chat_answer=false"])
+    assert config.editing.mom2_weight == 1500.0 and config.editing.layers == [2, 3]
+    assert config.editing.key_mode == "per_form" and config.editing.end_chat_answer is False
+    assert config.model == load_config().model
+
+
+@pytest.mark.parametrize("override, named", [
+    ("editing.mom2_weigth=1", "mom2_weigth"), ("editor.steps=3", "[editor]"), ("editing.steps", "SECTION.KEY=VALUE"),
+    ("editing.steps=many", "steps"), ("editing.mom2_weight=-1", "mom2_weight")])
+def test_bad_overrides_name_what_to_fix(override, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        with_overrides(load_config(), [override])
+
+
+def test_cli_set_reaches_the_config(livedit_dirs, capsys):
+    from assistant.cli import build_parser, _config
+
+    args = build_parser().parse_args(["--set", "editing.refine_rounds=2", "status"])
+    assert _config(args).editing.refine_rounds == 2
