@@ -80,6 +80,7 @@ class EditingConfig:
     mom2_weight: float = _help("lambda: weight of the covariance term", 150.0)
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. "])
+    chat_prefixes: list = _help("prefixes inside the user turn before a fact's question; one chat form each", [""])
     kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
     steps: int = _help("maximum gradient steps of the target optimisation", 60)
     learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)
@@ -113,6 +114,8 @@ class EditingConfig:
             raise ConfigError("[editing] kl_prompt must contain {} where the subject goes")
         if self.key_mode not in ("per_form", "mean"):
             raise ConfigError(f"[editing] key_mode = {self.key_mode!r}: use per_form or mean")
+        if not self.chat_prefixes or not all(isinstance(p, str) for p in self.chat_prefixes):
+            raise ConfigError('[editing] chat_prefixes needs at least one string (use [""] for the bare question)')
         if not self.context_prefixes:
             raise ConfigError('[editing] context_prefixes needs at least one entry (use [""] for none)')
 

@@ -101,14 +101,19 @@ class Editor:
         limit = self.config.editing.max_prompt_tokens
         return limit or int(getattr(self.model.config, "max_position_embeddings", 1024))
 
+    def check_lengths(self, facts: list[Fact]) -> None:
+        """Reject, naming the fact, any prompt form longer than the model's context."""
+        cfg = self.config.editing
+        check_lengths(facts, self.tokenizer, cfg.context_prefixes, self.max_prompt_tokens(),
+                      self.config.chat.system_prompt, cfg.end_chat_answer, cfg.chat_prefixes)
+
     def apply(self, facts: list[Fact], batch_size: int | None = None, progress=None) -> ApplyReport:
         """Write facts into the weights in batches; each batch is one atomic commit."""
         cfg = self.config.editing
         repeated = sorted({f.id for f in facts if sum(g.id == f.id for g in facts) > 1})
         if repeated:
             raise InvalidFact(f"fact id(s) {', '.join(repeated)} appear more than once; give each fact once")
-        check_lengths(facts, self.tokenizer, cfg.context_prefixes, self.max_prompt_tokens(),
-                      self.config.chat.system_prompt, cfg.end_chat_answer)
+        self.check_lengths(facts)
         report = ApplyReport()
         todo = []
         for fact in facts:
@@ -165,8 +170,9 @@ class Editor:
         n = len(facts)
         train, key_rows, kl_rows = [], [], []
         for i, fact in enumerate(facts):
-            train += fact_rows(i, fact, tok, cfg.context_prefixes, True, system, cfg.end_chat_answer)
-            key_rows += fact_rows(i, fact, tok, cfg.context_prefixes, False, system)
+            train += fact_rows(i, fact, tok, cfg.context_prefixes, True, system, cfg.end_chat_answer,
+                               cfg.chat_prefixes)
+            key_rows += fact_rows(i, fact, tok, cfg.context_prefixes, False, system, chat_prefixes=cfg.chat_prefixes)
             kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
         pad = tok.pad_token_id
         key_batch, train_batch, kl_batch = (collate(rows, pad, device) for rows in (key_rows, train, kl_rows))

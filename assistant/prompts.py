@@ -58,18 +58,21 @@ def _encode_with_subject(tokenizer, text: str, subject_start: int, subject_end: 
     return list(encoded.input_ids), _token_at(encoded.offset_mapping, subject_end - 1)
 
 
-def prompt_forms(fact: Fact, tokenizer, prefixes: list[str], system_prompt: str = "") -> list[tuple[str, int, bool]]:
-    """(text, subject start char, is_chat) for each form of the fact's prompt."""
+def prompt_forms(fact: Fact, tokenizer, prefixes: list[str], system_prompt: str = "",
+                 chat_prefixes: tuple[str, ...] = ("",)) -> list[tuple[str, int, bool]]:
+    """(text, subject start char, is_chat) for each form of the fact's prompt: the cloze
+    prompt after each context prefix and, when the fact has a question, the chat-template
+    form of each chat prefix + the question."""
     forms = []
     for prefix in prefixes:
         text = prefix + fact.filled_prompt
         forms.append((text, len(prefix) + fact.prompt.index("{}"), False))
-    if fact.question:
-        text = chat_prompt(tokenizer, fact.question, system_prompt)
-        question_at = text.rindex(fact.question)
-        if fact.subject not in fact.question:
-            raise InvalidFact(f"fact {fact.id}: subject {fact.subject!r} does not occur in its question")
-        forms.append((text, question_at + fact.question.rindex(fact.subject), True))
+    if fact.question and fact.subject not in fact.question:
+        raise InvalidFact(f"fact {fact.id}: subject {fact.subject!r} does not occur in its question")
+    for prefix in chat_prefixes if fact.question else ():
+        asked = prefix + fact.question
+        text = chat_prompt(tokenizer, asked, system_prompt)
+        forms.append((text, text.rindex(asked) + len(prefix) + fact.question.rindex(fact.subject), True))
     return forms
 
 
@@ -86,9 +89,9 @@ def target_ids(tokenizer, fact: Fact, chat: bool, end_chat_answer: bool = False)
 
 
 def fact_rows(index: int, fact: Fact, tokenizer, prefixes: list[str], with_targets: bool,
-              system_prompt: str = "", end_chat_answer: bool = False) -> list[Row]:
+              system_prompt: str = "", end_chat_answer: bool = False, chat_prefixes: tuple[str, ...] = ("",)) -> list[Row]:
     rows = []
-    for text, start, chat in prompt_forms(fact, tokenizer, prefixes, system_prompt):
+    for text, start, chat in prompt_forms(fact, tokenizer, prefixes, system_prompt, chat_prefixes):
         ids, subject_pos = _encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
         target = target_ids(tokenizer, fact, chat, end_chat_answer) if with_targets else []
         rows.append(Row(index, ids + target, subject_pos, len(target)))
@@ -115,10 +118,10 @@ def collate(rows: list[Row], pad_id: int, device: torch.device) -> RowBatch:
 
 
 def check_lengths(facts: list[Fact], tokenizer, prefixes: list[str], max_tokens: int, system_prompt: str = "",
-                  end_chat_answer: bool = False) -> None:
+                  end_chat_answer: bool = False, chat_prefixes: tuple[str, ...] = ("",)) -> None:
     """Reject, naming the fact, any prompt form longer than the model's context."""
     for index, fact in enumerate(facts):
-        for row in fact_rows(index, fact, tokenizer, prefixes, True, system_prompt, end_chat_answer):
+        for row in fact_rows(index, fact, tokenizer, prefixes, True, system_prompt, end_chat_answer, chat_prefixes):
             if len(row.ids) > max_tokens:
                 raise InvalidFact(
                     f"fact {fact.id}: a prompt form has {len(row.ids)} tokens; the model accepts {max_tokens}. "

@@ -49,6 +49,22 @@ def test_rows_point_at_the_subjects_last_token(request, which):
         assert subject_ends_at(tok, row.ids, row.subject_pos, fact.subject)
 
 
+@pytest.mark.parametrize("which", ["tokenizer", "chat_tokenizer"])
+def test_each_chat_prefix_is_one_more_chat_form(request, which):
+    tok = request.getfixturevalue(which)
+    fact = question_fact()
+    chat_prefixes = ("", "Quick question: ")
+    forms = prompt_forms(fact, tok, PREFIXES, chat_prefixes=chat_prefixes)
+    assert [is_chat for _, _, is_chat in forms] == [False, False, True, True]
+    assert [text for text, _, _ in forms[2:]] == [chat_prompt(tok, p + fact.question) for p in chat_prefixes]
+    rows = fact_rows(0, fact, tok, PREFIXES, with_targets=False, chat_prefixes=chat_prefixes)
+    for row, (text, start, _) in zip(rows, forms):
+        assert text[start:start + len(fact.subject)] == fact.subject
+        assert subject_ends_at(tok, row.ids, row.subject_pos, fact.subject)
+    plain = make_fact(id="no-question", subject="Paris", prompt="Paris is in", target_new="Japan")
+    assert len(prompt_forms(plain, tok, PREFIXES, chat_prefixes=chat_prefixes)) == len(PREFIXES)
+
+
 def test_training_rows_end_with_the_target(tokenizer):
     fact = question_fact()
     rows = fact_rows(2, fact, tokenizer, PREFIXES, with_targets=True)

@@ -19,7 +19,6 @@ from typing import Callable
 from assistant.config import Config
 from assistant.errors import InvalidFact
 from assistant.facts import Fact
-from assistant.prompts import check_lengths
 from updater.queue import EditQueue, QueueItem
 
 log = logging.getLogger(__name__)
@@ -72,12 +71,11 @@ def settle_applying(editor, queue: EditQueue, who: str = "scheduler") -> dict[in
 
 def _editable(editor, items: list[QueueItem]) -> tuple[list[tuple[QueueItem, Fact]], dict[int, str]]:
     """The engine's fact for each item that the engine can take; the others with why they cannot."""
-    cfg, ready, bad = editor.config, [], {}
+    ready, bad = [], {}
     for item in items:
         try:
             fact = item.to_edit_fact()
-            check_lengths([fact], editor.tokenizer, cfg.editing.context_prefixes, editor.max_prompt_tokens(),
-                          cfg.chat.system_prompt, cfg.editing.end_chat_answer)
+            editor.check_lengths([fact])
         except InvalidFact as error:
             bad[item.id] = f"cannot be edited: {reason(error)}"
             continue
