@@ -226,6 +226,8 @@ class Editor:
             if j:
                 K, H, owner = measure(layer)
             R = spread_residual(Z, H, len(self.layers) - j)              # (d, m)
+            if known_keys is None and self.config.editing.compensate_spread:
+                R = R / realised_fraction(K, self.C[layer], lam, sums.T(layer)).clamp(min=0.1)
             if known_keys is not None:
                 K, R = known_keys[layer], R * only[owner].to(R.dtype)
             if self.method != "d4s":
