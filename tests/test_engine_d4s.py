@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from assistant.architectures import get_module
-from assistant.closed_form import d4s_delta
+from assistant.closed_form import d4s_delta, realised_fraction
 from assistant.facts import make_fact
 from assistant.metrics import completion_nll
 from assistant.model_loading import load_model
@@ -200,13 +200,17 @@ def test_sums_always_match_the_active_edits(open_engine, new_fact, inspect):
         assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-6
 
 
+def subject_last_facts(count: int = 4) -> list:
+    return [make_fact(id=f"f{i}", subject=SUBJECTS[i], prompt=f"We talked about {SUBJECTS[i]}",
+                      target_new=OBJECTS[2 * i + 1]) for i in range(count)]
+
+
 @pytest.mark.parametrize("method", ["d4s", "memit-seq"])
 def test_refinement_rounds_raise_what_the_edited_model_realises(method, open_engine, inspect, tmp_path):
     """A heavy lambda realises only part of each target; refinement re-checks the edited
     model and raises the residuals of the facts still behind, at the keys already stored.
     (The sharp tiny Llama with the subject last is a model on which targets are reachable.)"""
-    facts = [make_fact(id=f"f{i}", subject=SUBJECTS[i], prompt=f"We talked about {SUBJECTS[i]}",
-                       target_new=OBJECTS[2 * i + 1]) for i in range(4)]
+    facts = subject_last_facts()
     prompts, targets = [f.filled_prompt for f in facts], [f.target_new for f in facts]
     settings = dict(method=method, mom2_weight=3000.0, stop_probability=0.95, steps=12)
     plain = open_engine("sharp-llama", state_dir=tmp_path / "plain", **settings)
@@ -230,3 +234,23 @@ def test_refinement_rounds_raise_what_the_edited_model_realises(method, open_eng
             refined.retract(edit.id)
         for layer in refined.layers:
             assert inspect.relative_error(refined.current_weights()[layer], refined.W0[layer]) < 1e-6
+
+
+def test_compensated_spread_makes_each_layer_realise_its_share(open_engine, inspect, tmp_path):
+    """Each layer's share is divided by the fraction a/(1+a) its closed form realises at the
+    key (clamped at 0.1): on the first layer, measured before any edit, exactly so."""
+    facts = subject_last_facts(1)
+    settings = dict(mom2_weight=300.0, stop_probability=0.95, steps=12)
+    plain = open_engine("sharp-llama", state_dir=tmp_path / "plain", **settings)
+    plain.apply(facts)
+    compensated = open_engine("sharp-llama", state_dir=tmp_path / "compensated", compensate_spread=True, **settings)
+    compensated.apply(facts)
+
+    first, last = plain.layers[0], plain.layers[-1]
+    k, r_plain = plain.ledger.vectors(1)[first]
+    k_comp, r_comp = compensated.ledger.vectors(1)[first]
+    share = realised_fraction(k, plain.C[first], 300.0)
+    assert 0.1 < float(share) < 0.9          # inside the clamp at 0.1
+    assert inspect.relative_error(k_comp, k) < 1e-9
+    assert inspect.relative_error(r_comp, r_plain / share) < 1e-6
+    assert compensated.ledger.vectors(1)[last][1].norm() > 0
