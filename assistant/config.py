@@ -90,8 +90,6 @@ class EditingConfig:
     stop_probability: float = _help("stop optimising a fact once P(target) exceeds this in every form", 0.9)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
-    spread: str = _help("memit: layer j takes (z - h_j)/(L - j); equal: every layer the same residual, "
-                        "allowing for what each layer's closed form realises", "memit")
     refine_rounds: int = _help("rounds that re-check each fact on the edited model and raise the targets "
                                "of those still below stop_probability", 0)
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
@@ -114,8 +112,6 @@ class EditingConfig:
             raise ConfigError("[editing] stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:
             raise ConfigError("[editing] kl_prompt must contain {} where the subject goes")
-        if self.spread not in ("memit", "equal"):
-            raise ConfigError(f"[editing] spread = {self.spread!r}: use memit or equal")
         if self.key_mode not in ("per_form", "mean"):
             raise ConfigError(f"[editing] key_mode = {self.key_mode!r}: use per_form or mean")
         if not self.chat_prefixes or not all(isinstance(p, str) for p in self.chat_prefixes):

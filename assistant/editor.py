@@ -215,27 +215,18 @@ class Editor:
                       known_keys: dict[int, torch.Tensor] | None = None, only: torch.Tensor | None = None):
         """Move the last edited block's output at each key toward Z = H + delta, spreading
         the residual over the layers and re-measuring after each; update ``sums`` and the
-        shadow. The ``memit`` spread gives layer j (z - h_j) / (L - j), so the last layer
-        inherits whatever the earlier ones did not realise; the ``equal`` spread divides
-        by the sum of the fractions a/(1+a) that layers j..L realise at the key (measured
-        before the batch), which gives every layer the same residual. A new batch adds its (k, r) columns; a refinement (``known_keys``) only
+        shadow. Layer j takes (z - h_j) / (L - j), so the last layer inherits whatever the
+        earlier ones did not realise. A new batch adds its (k, r) columns; a refinement (``known_keys``) only
         raises the residuals of the facts in ``only`` at the keys already in the sums.
         Returns each layer's keys and residuals (d, m)."""
         lam = self.config.editing.mom2_weight
         K, H, owner = first
         Z = H + delta[owner].T.double().cpu()                           # (d, m)
-        shares = None
-        if self.config.editing.spread == "equal" and known_keys is None:
-            shares = {layer: realised_fraction(measure(layer)[0] if j else K, self.C[layer], lam, sums.T(layer))
-                      for j, layer in enumerate(self.layers)}
         keys, residuals = {}, {}
         for j, layer in enumerate(self.layers):
             if j:
                 K, H, owner = measure(layer)
-            if shares is None:
-                R = spread_residual(Z, H, len(self.layers) - j)          # (d, m)
-            else:
-                R = (Z - H) / sum(shares[later] for later in self.layers[j:])
+            R = spread_residual(Z, H, len(self.layers) - j)              # (d, m)
             if known_keys is not None:
                 K, R = known_keys[layer], R * only[owner].to(R.dtype)
             if self.method != "d4s":

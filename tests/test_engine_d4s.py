@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from assistant.architectures import get_module
-from assistant.closed_form import d4s_delta, realised_fraction
+from assistant.closed_form import d4s_delta
 from assistant.facts import make_fact
 from assistant.metrics import completion_nll
 from assistant.model_loading import load_model
@@ -235,24 +235,3 @@ def test_refinement_rounds_raise_what_the_edited_model_realises(method, open_eng
         for layer in refined.layers:
             assert inspect.relative_error(refined.current_weights()[layer], refined.W0[layer]) < 1e-6
 
-
-def test_equal_spread_asks_every_layer_for_the_same_residual(open_engine, inspect, tmp_path):
-    """The equal spread divides the gap by the sum of the fractions a/(1+a) that the
-    layers realise at the key, so on the first layer (measured before any edit) its
-    residual is the memit one times L / sum(fractions): parallel, and larger."""
-    facts = subject_last_facts(1)
-    settings = dict(mom2_weight=300.0, stop_probability=0.95, steps=12)
-    plain = open_engine("sharp-llama", state_dir=tmp_path / "plain", **settings)
-    plain.apply(facts)
-    equal = open_engine("sharp-llama", state_dir=tmp_path / "equal", spread="equal", **settings)
-    equal.apply(facts)
-
-    first = plain.layers[0]
-    k, r_plain = plain.ledger.vectors(1)[first]
-    k_equal, r_equal = equal.ledger.vectors(1)[first]
-    assert inspect.relative_error(k_equal, k) < 1e-9
-    ratio = (r_equal * r_plain).sum() / (r_plain * r_plain).sum()
-    assert 1.0 < float(ratio) < len(plain.layers) / float(realised_fraction(k, plain.C[first], 300.0))
-    assert inspect.relative_error(r_equal, ratio * r_plain) < 1e-6
-    for layer in equal.layers[1:]:
-        assert equal.ledger.vectors(1)[layer][1].norm() > 0
