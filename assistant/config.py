@@ -90,7 +90,7 @@ class EditingConfig:
     stop_probability: float = _help("stop optimising a fact once P(target) exceeds this in every form", 0.9)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
-    refine_rounds: int = _help("rounds that re-check each fact on the edited model and raise the targets "
+    refine_rounds: int = _help("rounds that re-check each fact on the edited model and raise the residuals "
                                "of those still below stop_probability", 0)
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
 

@@ -168,14 +168,15 @@ class Editor:
         cfg, tok = self.config.editing, self.tokenizer
         system, device = self.config.chat.system_prompt, next(self.model.parameters()).device
         n = len(facts)
+        rows = lambda i, fact, with_targets: fact_rows(  # noqa: E731
+            i, fact, tok, cfg.context_prefixes, with_targets, system, cfg.end_chat_answer, cfg.chat_prefixes)
         train, key_rows, kl_rows = [], [], []
         for i, fact in enumerate(facts):
-            train += fact_rows(i, fact, tok, cfg.context_prefixes, True, system, cfg.end_chat_answer,
-                               cfg.chat_prefixes)
-            key_rows += fact_rows(i, fact, tok, cfg.context_prefixes, False, system, chat_prefixes=cfg.chat_prefixes)
+            train += rows(i, fact, True)
+            key_rows += rows(i, fact, False)
             kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
         pad = tok.pad_token_id
-        key_batch, train_batch, kl_batch = (collate(rows, pad, device) for rows in (key_rows, train, kl_rows))
+        key_batch, train_batch, kl_batch = (collate(part, pad, device) for part in (key_rows, train, kl_rows))
         last_block = get_module(self.shadow, self.arch.block_module.format(self.layers[-1]))
         edited = lambda layer: get_module(self.shadow, self.names[layer])  # noqa: E731
 
@@ -216,9 +217,9 @@ class Editor:
         """Move the last edited block's output at each key toward Z = H + delta, spreading
         the residual over the layers and re-measuring after each; update ``sums`` and the
         shadow. Layer j takes (z - h_j) / (L - j), so the last layer inherits whatever the
-        earlier ones did not realise. A new batch adds its (k, r) columns; a refinement (``known_keys``) only
-        raises the residuals of the facts in ``only`` at the keys already in the sums.
-        Returns each layer's keys and residuals (d, m)."""
+        earlier ones did not realise. A new batch adds its (k, r) columns; a refinement
+        (``known_keys``) only raises the residuals of the facts in ``only`` at the keys
+        already in the sums. Returns each layer's keys and residuals (d, m)."""
         lam = self.config.editing.mom2_weight
         K, H, owner = first
         Z = H + delta[owner].T.double().cpu()                           # (d, m)
