@@ -55,10 +55,17 @@ def answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48, sy
     return [text.strip() for text in greedy_continuations(model, tokenizer, encoded, max_new_tokens, batch_size)]
 
 
-@torch.no_grad()
 def greedy_continuations(model, tokenizer, encoded: list[list[int]], max_new_tokens: int,
                          batch_size: int = 16) -> list[str]:
     """The greedy continuation of each tokenised prompt, in left-padded batches."""
+    continued = greedy_token_continuations(model, tokenizer, encoded, max_new_tokens, batch_size)
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in continued]
+
+
+@torch.no_grad()
+def greedy_token_continuations(model, tokenizer, encoded: list[list[int]], max_new_tokens: int,
+                               batch_size: int = 16) -> list[list[int]]:
+    """The greedy continuation's token ids of each tokenised prompt, up to the end of turn."""
     device = next(model.parameters()).device
     results = []
     for start in range(0, len(encoded), batch_size):
@@ -69,7 +76,9 @@ def greedy_continuations(model, tokenizer, encoded: list[list[int]], max_new_tok
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
         output = model.generate(input_ids=input_ids, attention_mask=mask,
                                 **_generation_settings(tokenizer, max_new_tokens))
-        results += [tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
+        for row in output[:, width:].tolist():
+            ended = [i for i, token in enumerate(row) if token in (tokenizer.eos_token_id, pad)]
+            results.append(row[:ended[0]] if ended else row)
     return results
 
 

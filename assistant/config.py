@@ -92,6 +92,8 @@ class EditingConfig:
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
     refine_rounds: int = _help("rounds that re-check each fact on the edited model and raise the residuals "
                                "of those still below stop_probability", 0)
+    lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
+                                "searched in this many answer tokens; 0 = off", 0)
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
 
     def __post_init__(self):
@@ -106,8 +108,8 @@ class EditingConfig:
             raise ConfigError("[editing] mom2_weight (lambda) must be positive")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("[editing] batch_size and steps must be at least 1")
-        if self.refine_rounds < 0:
-            raise ConfigError("[editing] refine_rounds must be 0 or more")
+        if self.refine_rounds < 0 or self.lead_in_tokens < 0:
+            raise ConfigError("[editing] refine_rounds and lead_in_tokens must be 0 or more")
         if not 0 < self.stop_probability <= 1:
             raise ConfigError("[editing] stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:

@@ -23,6 +23,7 @@ from assistant.errors import ConfigError, EditRejected, InvalidFact, StateError
 from assistant.facts import Fact
 from assistant.keys import average_by_fact, keys_and_hidden
 from assistant.l1 import LayerNorms, layer_norms
+from assistant.lead_ins import answer_lead_ins
 from assistant.ledger import Ledger, NewEdit
 from assistant.model_loading import LoadedModel
 from assistant.prompts import RowBatch, check_lengths, collate, fact_rows, kl_row
@@ -105,7 +106,7 @@ class Editor:
         """Reject, naming the fact, any prompt form longer than the model's context."""
         cfg = self.config.editing
         check_lengths(facts, self.tokenizer, cfg.context_prefixes, self.max_prompt_tokens(),
-                      self.config.chat.system_prompt, cfg.end_chat_answer, cfg.chat_prefixes)
+                      self.config.chat.system_prompt, cfg.end_chat_answer, cfg.chat_prefixes, cfg.lead_in_tokens)
 
     def apply(self, facts: list[Fact], batch_size: int | None = None, progress=None) -> ApplyReport:
         """Write facts into the weights in batches; each batch is one atomic commit."""
@@ -168,8 +169,11 @@ class Editor:
         cfg, tok = self.config.editing, self.tokenizer
         system, device = self.config.chat.system_prompt, next(self.model.parameters()).device
         n = len(facts)
+        lead_ins = (answer_lead_ins(self.shadow, tok, facts, system, cfg.lead_in_tokens) if cfg.lead_in_tokens
+                    else [[] for _ in facts])
         rows = lambda i, fact, with_targets: fact_rows(  # noqa: E731
-            i, fact, tok, cfg.context_prefixes, with_targets, system, cfg.end_chat_answer, cfg.chat_prefixes)
+            i, fact, tok, cfg.context_prefixes, with_targets, system, cfg.end_chat_answer, cfg.chat_prefixes,
+            lead_ins[i])
         train, key_rows, kl_rows = [], [], []
         for i, fact in enumerate(facts):
             train += rows(i, fact, True)

@@ -89,12 +89,19 @@ def target_ids(tokenizer, fact: Fact, chat: bool, end_chat_answer: bool = False)
 
 
 def fact_rows(index: int, fact: Fact, tokenizer, prefixes: list[str], with_targets: bool,
-              system_prompt: str = "", end_chat_answer: bool = False, chat_prefixes: tuple[str, ...] = ("",)) -> list[Row]:
+              system_prompt: str = "", end_chat_answer: bool = False, chat_prefixes: tuple[str, ...] = ("",),
+              lead_in: list[int] = ()) -> list[Row]:
+    """One row per prompt form. With targets and a ``lead_in`` (tokens of the start of an
+    answer), one more: the first chat form, the lead-in, then the object as running text."""
     rows = []
     for text, start, chat in prompt_forms(fact, tokenizer, prefixes, system_prompt, chat_prefixes):
         ids, subject_pos = _encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
         target = target_ids(tokenizer, fact, chat, end_chat_answer) if with_targets else []
         rows.append(Row(index, ids + target, subject_pos, len(target)))
+        if chat and with_targets and lead_in:
+            running = target_ids(tokenizer, fact, chat=False)
+            rows.append(Row(index, ids + list(lead_in) + running, subject_pos, len(running)))
+            lead_in = ()
     return rows
 
 
@@ -118,10 +125,13 @@ def collate(rows: list[Row], pad_id: int, device: torch.device) -> RowBatch:
 
 
 def check_lengths(facts: list[Fact], tokenizer, prefixes: list[str], max_tokens: int, system_prompt: str = "",
-                  end_chat_answer: bool = False, chat_prefixes: tuple[str, ...] = ("",)) -> None:
-    """Reject, naming the fact, any prompt form longer than the model's context."""
+                  end_chat_answer: bool = False, chat_prefixes: tuple[str, ...] = ("",), lead_in_tokens: int = 0) -> None:
+    """Reject, naming the fact, any prompt form longer than the model's context (a chat
+    form with room for a lead-in of ``lead_in_tokens``)."""
     for index, fact in enumerate(facts):
-        for row in fact_rows(index, fact, tokenizer, prefixes, True, system_prompt, end_chat_answer, chat_prefixes):
+        lead_in = [tokenizer.eos_token_id or 0] * lead_in_tokens
+        rows = fact_rows(index, fact, tokenizer, prefixes, True, system_prompt, end_chat_answer, chat_prefixes, lead_in)
+        for row in rows:
             if len(row.ids) > max_tokens:
                 raise InvalidFact(
                     f"fact {fact.id}: a prompt form has {len(row.ids)} tokens; the model accepts {max_tokens}. "

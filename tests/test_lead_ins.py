@@ -1,0 +1,87 @@
+"""Lead-ins: the model's own restating start of an answer, cut where the object would go."""
+
+import pytest
+import torch
+
+from assistant.errors import InvalidFact
+from assistant.chat import answers, chat_prompt, encode_chat_prompt, greedy_token_continuations
+from assistant.facts import make_fact
+from assistant.lead_ins import answer_lead_ins, best_cut, first_sentence_length
+from assistant.prompts import check_lengths, fact_rows, target_ids
+from tests.test_prompts import PREFIXES, question_fact
+
+
+def test_first_sentence_ends_at_the_first_sentence_mark():
+    assert first_sentence_length([" The", " Loire", " rises", " in", " the", " Massif", ".", " It"]) == 6
+    assert first_sentence_length([" Paris", ",", " France", "\n", "More"]) == 3
+    assert first_sentence_length([" no", " end", " at", " all"]) == 4
+    assert first_sentence_length(["?"]) == 0
+
+
+def test_best_cut_is_the_likeliest_slot_unless_the_answer_starts_there():
+    assert best_cut(torch.tensor([-9.0, -8.0, -7.0, -1.0, -6.0]), min_tokens=2) == 3
+    assert best_cut(torch.tensor([-0.5, -8.0, -7.0, -1.0]), min_tokens=2) == 0      # answers straight away
+    assert best_cut(torch.tensor([-9.0, -0.5, -7.0]), min_tokens=2) == 0            # too short to be a lead-in
+
+
+def test_lead_in_row_is_the_chat_form_then_the_lead_in_then_the_object(chat_tokenizer):
+    fact = question_fact()
+    lead_in = chat_tokenizer(" Marie Curie is famous for", add_special_tokens=False).input_ids
+    plain = fact_rows(0, fact, chat_tokenizer, PREFIXES, with_targets=True, chat_prefixes=("", "Hi. "))
+    rows = fact_rows(0, fact, chat_tokenizer, PREFIXES, with_targets=True, chat_prefixes=("", "Hi. "), lead_in=lead_in)
+    assert len(rows) == len(plain) + 1                       # one lead-in row, after the first chat form only
+    chat_row, lead_row = rows[2], rows[3]
+    running = target_ids(chat_tokenizer, fact, chat=False)
+    prompt_len = len(chat_row.ids) - chat_row.target_len
+    assert lead_row.ids == chat_row.ids[:prompt_len] + lead_in + running
+    assert lead_row.target_len == len(running) and lead_row.subject_pos == chat_row.subject_pos
+    assert rows[:3] + rows[4:] == plain
+    keys_only = fact_rows(0, fact, chat_tokenizer, PREFIXES, with_targets=False, lead_in=lead_in)
+    assert len(keys_only) == 3                               # keys never see the lead-in
+
+
+def test_check_lengths_keeps_room_for_the_lead_in(chat_tokenizer):
+    fact = question_fact()
+    longest = max(len(r.ids) for r in fact_rows(0, fact, chat_tokenizer, PREFIXES, True))
+    check_lengths([fact], chat_tokenizer, PREFIXES, longest)
+    with pytest.raises(InvalidFact, match="fact q1"):
+        check_lengths([fact], chat_tokenizer, PREFIXES, longest, lead_in_tokens=8)
+
+
+def test_lead_ins_are_cuts_of_the_models_own_answer(open_engine):
+    editor = open_engine("sharp-llama")
+    model, tok = editor.model, editor.tokenizer
+    asked = [make_fact(id=f"q{i}", subject=s, prompt=f"{s} lives in", target_new=t, question=f"Where does {s} live?")
+             for i, (s, t) in enumerate([("Marie Curie", "Rome"), ("Paris", "Japan"), ("Danielle", "London")])]
+    unasked = make_fact(id="plain", subject="Paris", prompt="Paris is in", target_new="Japan")
+    facts = asked + [unasked]
+    lead_ins = answer_lead_ins(model, tok, facts, "", max_tokens=12, min_tokens=1)
+    prompts = [encode_chat_prompt(tok, chat_prompt(tok, f.question)) for f in asked]
+    continued = greedy_token_continuations(model, tok, prompts, 12)
+    assert lead_ins[-1] == []
+    for lead_in, answer in zip(lead_ins, continued):
+        assert lead_in == answer[:len(lead_in)]
+    assert [tok.decode(ids).strip() for ids in continued] == answers(model, tok, [f.question for f in asked], 12)
+    assert any(lead_ins[:-1]), "the sharp tiny model should restate something before some object"
+
+
+def _running_nll(model, tok, fact, lead_in) -> float:
+    prompt = encode_chat_prompt(tok, chat_prompt(tok, fact.question))
+    running = target_ids(tok, fact, chat=False)
+    ids = torch.tensor([prompt + lead_in + running])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    start = len(prompt) + len(lead_in)
+    return -float(sum(logprobs[start - 1 + i, token] for i, token in enumerate(running))) / len(running)
+
+
+def test_an_edit_with_lead_ins_makes_the_object_follow_them(open_engine, new_fact, inspect):
+    editor = open_engine("sharp-llama", lead_in_tokens=8, steps=40, stop_probability=0.99)
+    facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
+    lead_ins = answer_lead_ins(editor.model, editor.tokenizer, facts, "", 8, min_tokens=1)
+    before = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in zip(facts, lead_ins)]
+    editor.apply(facts)
+    after = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in zip(facts, lead_ins)]
+    assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
+    for name, tensor in inspect.sums_of_active_edits(editor).items():
+        assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
