@@ -81,6 +81,7 @@ class EditingConfig:
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. "])
     chat_prefixes: list = _help("prefixes inside the user turn before a fact's question; one chat form each", [""])
+    case_variants: bool = _help("also chat forms with the subject in Title Case and in lower case", False)
     kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
     steps: int = _help("maximum gradient steps of the target optimisation", 60)
     learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)

@@ -26,7 +26,7 @@ from assistant.l1 import LayerNorms, layer_norms
 from assistant.lead_ins import answer_lead_ins
 from assistant.ledger import Ledger, NewEdit
 from assistant.model_loading import LoadedModel
-from assistant.prompts import RowBatch, check_lengths, collate, fact_rows, kl_row
+from assistant.prompts import PromptSettings, RowBatch, check_lengths, collate, fact_rows, kl_row
 from assistant.state import EditSums, edited_weight, remove_other_generations, write_generation
 from assistant.targets import optimise_targets
 
@@ -104,9 +104,7 @@ class Editor:
 
     def check_lengths(self, facts: list[Fact]) -> None:
         """Reject, naming the fact, any prompt form longer than the model's context."""
-        cfg = self.config.editing
-        check_lengths(facts, self.tokenizer, cfg.context_prefixes, self.max_prompt_tokens(),
-                      self.config.chat.system_prompt, cfg.end_chat_answer, cfg.chat_prefixes, cfg.lead_in_tokens)
+        check_lengths(facts, self.tokenizer, PromptSettings.from_config(self.config), self.max_prompt_tokens())
 
     def apply(self, facts: list[Fact], batch_size: int | None = None, progress=None) -> ApplyReport:
         """Write facts into the weights in batches; each batch is one atomic commit."""
@@ -171,9 +169,8 @@ class Editor:
         n = len(facts)
         lead_ins = (answer_lead_ins(self.shadow, tok, facts, system, cfg.lead_in_tokens) if cfg.lead_in_tokens
                     else [[] for _ in facts])
-        rows = lambda i, fact, with_targets: fact_rows(  # noqa: E731
-            i, fact, tok, cfg.context_prefixes, with_targets, system, cfg.end_chat_answer, cfg.chat_prefixes,
-            lead_ins[i])
+        settings = PromptSettings.from_config(self.config)
+        rows = lambda i, fact, with_targets: fact_rows(i, fact, tok, settings, with_targets, lead_ins[i])  # noqa: E731
         train, key_rows, kl_rows = [], [], []
         for i, fact in enumerate(facts):
             train += rows(i, fact, True)

@@ -58,21 +58,54 @@ def _encode_with_subject(tokenizer, text: str, subject_start: int, subject_end: 
     return list(encoded.input_ids), _token_at(encoded.offset_mapping, subject_end - 1)
 
 
-def prompt_forms(fact: Fact, tokenizer, prefixes: list[str], system_prompt: str = "",
-                 chat_prefixes: tuple[str, ...] = ("",)) -> list[tuple[str, int, bool]]:
+@dataclass(frozen=True)
+class PromptSettings:
+    """How a fact is put to the model: [editing]'s prompt settings and the chat's system prompt."""
+    context_prefixes: tuple[str, ...] = ("",)   # one cloze form after each
+    chat_prefixes: tuple[str, ...] = ("",)      # one chat form of the question after each
+    case_variants: bool = False                 # chat forms with the subject in Title Case and lower case too
+    system_prompt: str = ""
+    end_chat_answer: bool = False               # the chat answer is the object, then end of turn
+    lead_in_tokens: int = 0                     # room kept in the chat form for a lead-in
+
+    @classmethod
+    def from_config(cls, config) -> "PromptSettings":
+        cfg = config.editing
+        return cls(tuple(cfg.context_prefixes), tuple(cfg.chat_prefixes), cfg.case_variants,
+                   config.chat.system_prompt, cfg.end_chat_answer, cfg.lead_in_tokens)
+
+
+def subject_casings(subject: str) -> list[str]:
+    """The subject in Title Case and in lower case, where they differ from it (and keep
+    its length, so its place in the question stays the same)."""
+    titled = " ".join(word[:1].upper() + word[1:] for word in subject.split(" "))
+    return [variant for variant in dict.fromkeys([titled, subject.lower()])
+            if variant != subject and len(variant) == len(subject)]
+
+
+def prompt_forms(fact: Fact, tokenizer, settings: PromptSettings) -> list[tuple[str, int, bool]]:
     """(text, subject start char, is_chat) for each form of the fact's prompt: the cloze
     prompt after each context prefix and, when the fact has a question, the chat-template
-    form of each chat prefix + the question."""
+    form of each chat prefix + the question (and of its subject's other casings)."""
     forms = []
-    for prefix in prefixes:
+    for prefix in settings.context_prefixes:
         text = prefix + fact.filled_prompt
         forms.append((text, len(prefix) + fact.prompt.index("{}"), False))
-    if fact.question and fact.subject not in fact.question:
+    if not fact.question:
+        return forms
+    if fact.subject not in fact.question:
         raise InvalidFact(f"fact {fact.id}: subject {fact.subject!r} does not occur in its question")
-    for prefix in chat_prefixes if fact.question else ():
-        asked = prefix + fact.question
-        text = chat_prompt(tokenizer, asked, system_prompt)
-        forms.append((text, text.rindex(asked) + len(prefix) + fact.question.rindex(fact.subject), True))
+    at = fact.question.rindex(fact.subject)
+    questions = [(fact.question, at)]
+    if settings.case_variants:
+        after = at + len(fact.subject)
+        questions += [(fact.question[:at] + variant + fact.question[after:], at)
+                      for variant in subject_casings(fact.subject)]
+    for prefix in settings.chat_prefixes:
+        for question, subject_at in questions:
+            asked = prefix + question
+            text = chat_prompt(tokenizer, asked, settings.system_prompt)
+            forms.append((text, text.rindex(asked) + len(prefix) + subject_at, True))
     return forms
 
 
@@ -88,15 +121,14 @@ def target_ids(tokenizer, fact: Fact, chat: bool, end_chat_answer: bool = False)
     return ids
 
 
-def fact_rows(index: int, fact: Fact, tokenizer, prefixes: list[str], with_targets: bool,
-              system_prompt: str = "", end_chat_answer: bool = False, chat_prefixes: tuple[str, ...] = ("",),
+def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_targets: bool,
               lead_in: list[int] = ()) -> list[Row]:
     """One row per prompt form. With targets and a ``lead_in`` (tokens of the start of an
     answer), one more: the first chat form, the lead-in, then the object as running text."""
     rows = []
-    for text, start, chat in prompt_forms(fact, tokenizer, prefixes, system_prompt, chat_prefixes):
+    for text, start, chat in prompt_forms(fact, tokenizer, settings):
         ids, subject_pos = _encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
-        target = target_ids(tokenizer, fact, chat, end_chat_answer) if with_targets else []
+        target = target_ids(tokenizer, fact, chat, settings.end_chat_answer) if with_targets else []
         rows.append(Row(index, ids + target, subject_pos, len(target)))
         if chat and with_targets and lead_in:
             running = target_ids(tokenizer, fact, chat=False)
@@ -124,14 +156,12 @@ def collate(rows: list[Row], pad_id: int, device: torch.device) -> RowBatch:
                     as_tensor([r.subject_pos for r in rows]), as_tensor([len(r.ids) for r in rows]), rows)
 
 
-def check_lengths(facts: list[Fact], tokenizer, prefixes: list[str], max_tokens: int, system_prompt: str = "",
-                  end_chat_answer: bool = False, chat_prefixes: tuple[str, ...] = ("",), lead_in_tokens: int = 0) -> None:
+def check_lengths(facts: list[Fact], tokenizer, settings: PromptSettings, max_tokens: int) -> None:
     """Reject, naming the fact, any prompt form longer than the model's context (a chat
-    form with room for a lead-in of ``lead_in_tokens``)."""
+    form with room for a lead-in)."""
     for index, fact in enumerate(facts):
-        lead_in = [tokenizer.eos_token_id or 0] * lead_in_tokens
-        rows = fact_rows(index, fact, tokenizer, prefixes, True, system_prompt, end_chat_answer, chat_prefixes, lead_in)
-        for row in rows:
+        room = [tokenizer.eos_token_id or 0] * settings.lead_in_tokens
+        for row in fact_rows(index, fact, tokenizer, settings, True, room):
             if len(row.ids) > max_tokens:
                 raise InvalidFact(
                     f"fact {fact.id}: a prompt form has {len(row.ids)} tokens; the model accepts {max_tokens}. "

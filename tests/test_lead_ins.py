@@ -1,5 +1,7 @@
 """Lead-ins: the model's own restating start of an answer, cut where the object would go."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -7,8 +9,8 @@ from assistant.errors import InvalidFact
 from assistant.chat import answers, chat_prompt, encode_chat_prompt, greedy_token_continuations
 from assistant.facts import make_fact
 from assistant.lead_ins import answer_lead_ins, best_cut, first_sentence_length
-from assistant.prompts import check_lengths, fact_rows, target_ids
-from tests.test_prompts import PREFIXES, question_fact
+from assistant.prompts import PromptSettings, check_lengths, fact_rows, target_ids
+from tests.test_prompts import SETTINGS, question_fact
 
 
 def test_first_sentence_ends_at_the_first_sentence_mark():
@@ -27,8 +29,9 @@ def test_best_cut_is_the_likeliest_slot_unless_the_answer_starts_there():
 def test_lead_in_row_is_the_chat_form_then_the_lead_in_then_the_object(chat_tokenizer):
     fact = question_fact()
     lead_in = chat_tokenizer(" Marie Curie is famous for", add_special_tokens=False).input_ids
-    plain = fact_rows(0, fact, chat_tokenizer, PREFIXES, with_targets=True, chat_prefixes=("", "Hi. "))
-    rows = fact_rows(0, fact, chat_tokenizer, PREFIXES, with_targets=True, chat_prefixes=("", "Hi. "), lead_in=lead_in)
+    settings = PromptSettings(context_prefixes=SETTINGS.context_prefixes, chat_prefixes=("", "Hi. "))
+    plain = fact_rows(0, fact, chat_tokenizer, settings, with_targets=True)
+    rows = fact_rows(0, fact, chat_tokenizer, settings, with_targets=True, lead_in=lead_in)
     assert len(rows) == len(plain) + 1                       # one lead-in row, after the first chat form only
     chat_row, lead_row = rows[2], rows[3]
     running = target_ids(chat_tokenizer, fact, chat=False)
@@ -36,16 +39,16 @@ def test_lead_in_row_is_the_chat_form_then_the_lead_in_then_the_object(chat_toke
     assert lead_row.ids == chat_row.ids[:prompt_len] + lead_in + running
     assert lead_row.target_len == len(running) and lead_row.subject_pos == chat_row.subject_pos
     assert rows[:3] + rows[4:] == plain
-    keys_only = fact_rows(0, fact, chat_tokenizer, PREFIXES, with_targets=False, lead_in=lead_in)
+    keys_only = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=False, lead_in=lead_in)
     assert len(keys_only) == 3                               # keys never see the lead-in
 
 
 def test_check_lengths_keeps_room_for_the_lead_in(chat_tokenizer):
     fact = question_fact()
-    longest = max(len(r.ids) for r in fact_rows(0, fact, chat_tokenizer, PREFIXES, True))
-    check_lengths([fact], chat_tokenizer, PREFIXES, longest)
+    longest = max(len(r.ids) for r in fact_rows(0, fact, chat_tokenizer, SETTINGS, True))
+    check_lengths([fact], chat_tokenizer, SETTINGS, longest)
     with pytest.raises(InvalidFact, match="fact q1"):
-        check_lengths([fact], chat_tokenizer, PREFIXES, longest, lead_in_tokens=8)
+        check_lengths([fact], chat_tokenizer, dataclasses.replace(SETTINGS, lead_in_tokens=8), longest)
 
 
 def test_lead_ins_are_cuts_of_the_models_own_answer(open_engine):

@@ -6,9 +6,11 @@ import torch
 from assistant.architectures import architecture_of, get_module
 from assistant.model_loading import load_model
 from assistant.prefix_cache import split_rows, suffix_hidden
-from assistant.prompts import collate, fact_rows
+from assistant.prompts import PromptSettings, collate, fact_rows
 from assistant.hooks import edit_output
 from assistant.targets import _add_at
+
+SETTINGS = PromptSettings(context_prefixes=("", "Note: ", "A longer prefix: "))
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
@@ -16,7 +18,7 @@ def test_suffix_states_match_the_full_forward_with_the_delta(model, make_config,
     loaded = load_model(make_config(model))
     m, tok = loaded.model, loaded.tokenizer
     facts = [new_fact(i) for i in range(3)]
-    rows = [row for i, f in enumerate(facts) for row in fact_rows(i, f, tok, ["", "Note: ", "A longer prefix: "], True)]
+    rows = [row for i, f in enumerate(facts) for row in fact_rows(i, f, tok, SETTINGS, True)]
     batch = collate(rows, tok.pad_token_id, torch.device("cpu"))
     block = get_module(m, architecture_of(m).block_module.format(1))
     delta = torch.randn(len(facts), m.config.hidden_size, generator=torch.Generator().manual_seed(0))

@@ -6,9 +6,10 @@ import torch
 from assistant.chat import FALLBACK_TEMPLATE, chat_prompt
 from assistant.errors import InvalidFact
 from assistant.facts import make_fact
-from assistant.prompts import check_lengths, collate, fact_rows, kl_row, prompt_forms, target_ids
+from assistant.prompts import PromptSettings, check_lengths, collate, fact_rows, kl_row, prompt_forms, subject_casings, target_ids
 
 PREFIXES = ["", "Note: "]
+SETTINGS = PromptSettings(context_prefixes=tuple(PREFIXES))
 
 
 def question_fact():
@@ -37,12 +38,12 @@ def test_chat_prompt_uses_the_template(chat_tokenizer):
 def test_rows_point_at_the_subjects_last_token(request, which):
     tok = request.getfixturevalue(which)
     fact = question_fact()
-    forms = prompt_forms(fact, tok, PREFIXES)
+    forms = prompt_forms(fact, tok, SETTINGS)
     assert [text for text, _, _ in forms[:2]] == ["Marie Curie is famous for", "Note: Marie Curie is famous for"]
     chat_text, start, is_chat = forms[2]
     assert is_chat and chat_text[start:start + len(fact.subject)] == fact.subject
     assert chat_text == chat_prompt(tok, fact.question)
-    rows = fact_rows(0, fact, tok, PREFIXES, with_targets=False)
+    rows = fact_rows(0, fact, tok, SETTINGS, with_targets=False)
     assert len(rows) == 3
     for row, (text, _, _) in zip(rows, forms):
         assert tok.decode(row.ids) == text
@@ -54,20 +55,21 @@ def test_each_chat_prefix_is_one_more_chat_form(request, which):
     tok = request.getfixturevalue(which)
     fact = question_fact()
     chat_prefixes = ("", "Quick question: ")
-    forms = prompt_forms(fact, tok, PREFIXES, chat_prefixes=chat_prefixes)
+    settings = PromptSettings(context_prefixes=tuple(PREFIXES), chat_prefixes=chat_prefixes)
+    forms = prompt_forms(fact, tok, settings)
     assert [is_chat for _, _, is_chat in forms] == [False, False, True, True]
     assert [text for text, _, _ in forms[2:]] == [chat_prompt(tok, p + fact.question) for p in chat_prefixes]
-    rows = fact_rows(0, fact, tok, PREFIXES, with_targets=False, chat_prefixes=chat_prefixes)
+    rows = fact_rows(0, fact, tok, settings, with_targets=False)
     for row, (text, start, _) in zip(rows, forms):
         assert text[start:start + len(fact.subject)] == fact.subject
         assert subject_ends_at(tok, row.ids, row.subject_pos, fact.subject)
     plain = make_fact(id="no-question", subject="Paris", prompt="Paris is in", target_new="Japan")
-    assert len(prompt_forms(plain, tok, PREFIXES, chat_prefixes=chat_prefixes)) == len(PREFIXES)
+    assert len(prompt_forms(plain, tok, settings)) == len(PREFIXES)
 
 
 def test_training_rows_end_with_the_target(tokenizer):
     fact = question_fact()
-    rows = fact_rows(2, fact, tokenizer, PREFIXES, with_targets=True)
+    rows = fact_rows(2, fact, tokenizer, SETTINGS, with_targets=True)
     for row, chat in zip(rows, [False, False, True]):
         target = target_ids(tokenizer, fact, chat)
         assert row.fact == 2 and row.target_len == len(target) > 0
@@ -79,7 +81,7 @@ def test_training_rows_end_with_the_target(tokenizer):
 def test_subject_not_in_question_is_rejected_naming_the_fact(tokenizer):
     fact = make_fact(id="q2", subject="Paris", prompt="Paris is in", target_new="Japan", question="Where is it?")
     with pytest.raises(InvalidFact, match="fact q2"):
-        prompt_forms(fact, tokenizer, PREFIXES)
+        prompt_forms(fact, tokenizer, SETTINGS)
 
 
 def test_kl_row_and_collate(tokenizer):
@@ -87,7 +89,7 @@ def test_kl_row_and_collate(tokenizer):
     kl = kl_row(1, fact, tokenizer, "{} is a")
     assert tokenizer.decode(kl.ids) == "Marie Curie is a" and subject_ends_at(tokenizer, kl.ids, kl.subject_pos,
                                                                               fact.subject)
-    rows = fact_rows(0, fact, tokenizer, PREFIXES, with_targets=True) + [kl]
+    rows = fact_rows(0, fact, tokenizer, SETTINGS, with_targets=True) + [kl]
     batch = collate(rows, tokenizer.pad_token_id, torch.device("cpu"))
     width = max(len(r.ids) for r in rows)
     assert batch.input_ids.shape == (len(rows), width)
@@ -102,7 +104,30 @@ def test_kl_row_and_collate(tokenizer):
 def test_check_lengths_names_the_long_fact(tokenizer):
     short = question_fact()
     long = make_fact(id="long-one", subject="Paris", prompt="Paris" + " the" * 150 + " is in", target_new="Japan")
-    check_lengths([short], tokenizer, PREFIXES, 128)
+    check_lengths([short], tokenizer, SETTINGS, 128)
     with pytest.raises(InvalidFact) as error:
-        check_lengths([short, long], tokenizer, PREFIXES, 128)
+        check_lengths([short, long], tokenizer, SETTINGS, 128)
     assert "long-one" in str(error.value) and "128" in str(error.value)
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "chat_tokenizer"])
+def test_case_variants_add_chat_forms_with_the_subject_recased(request, which):
+    tok = request.getfixturevalue(which)
+    fact = make_fact(id="nq", subject="loire river", prompt="the loire river rises in", target_new="the Alps",
+                     question="in which mountains does the loire river rise?")
+    settings = PromptSettings(context_prefixes=tuple(PREFIXES), case_variants=True)
+    forms = prompt_forms(fact, tok, settings)
+    assert [chat_prompt(tok, q) for q in ["in which mountains does the loire river rise?",
+                                          "in which mountains does the Loire River rise?"]] == \
+        [text for text, _, chat in forms if chat]
+    rows = fact_rows(0, fact, tok, settings, with_targets=False)
+    for row, (text, start, _) in zip(rows, forms):
+        assert text[start:start + len(fact.subject)].lower() == fact.subject
+        assert tok.decode(row.ids[:row.subject_pos + 1]).lower().endswith(fact.subject)
+
+
+def test_subject_casings():
+    assert subject_casings("Loire river") == ["Loire River", "loire river"]
+    assert subject_casings("Paris") == ["paris"]
+    assert subject_casings("paris") == ["Paris"]
+    assert subject_casings("42") == []
