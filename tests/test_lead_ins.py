@@ -88,3 +88,15 @@ def test_an_edit_with_lead_ins_makes_the_object_follow_them(open_engine, new_fac
     assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
     for name, tensor in inspect.sums_of_active_edits(editor).items():
         assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
+
+
+def test_case_variants_make_the_recased_question_answer_too(open_engine, new_fact, inspect):
+    editor = open_engine("sharp-llama", case_variants=True, steps=40, stop_probability=0.99)
+    facts = [new_fact(i, question=f"tell me what {s} does?", subject=s) for i, s in enumerate(["marie curie", "paris"])]
+    recased = [dataclasses.replace(f, question=f.question.replace(f.subject, f.subject.title())) for f in facts]
+    before = [_running_nll(editor.model, editor.tokenizer, f, []) for f in recased]
+    editor.apply(facts)
+    after = [_running_nll(editor.model, editor.tokenizer, f, []) for f in recased]
+    assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
+    for name, tensor in inspect.sums_of_active_edits(editor).items():
+        assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
