@@ -129,3 +129,20 @@ def test_spread_residual_divides_what_is_left():
     h = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
     assert torch.equal(spread_residual(z, h, 2), torch.tensor([[1.0], [3.0]], dtype=torch.float64))
     assert torch.equal(spread_residual(z, h, 1), z - h)
+
+
+def test_response_ratio_is_the_share_of_a_facts_change_made_at_another_key():
+    from benchmarks.chat_key_response import response_ratio
+
+    torch.manual_seed(0)
+    A = torch.eye(4, dtype=torch.float64) * 2
+    k = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    assert response_ratio(A, k, k) == pytest.approx(1.0)
+    assert response_ratio(A, k, torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)) == pytest.approx(0.0)
+    assert response_ratio(A, k, 0.5 * k) == pytest.approx(0.5)
+    # the ratio is what the layer update R K^T A^-1 does at x over what it does at k
+    B = torch.randn(4, 4, dtype=torch.float64)
+    A = B @ B.T + torch.eye(4, dtype=torch.float64)
+    x, r = torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    update = torch.outer(r, torch.linalg.solve(A, k))
+    assert torch.allclose(update @ x, response_ratio(A, k, x) * (update @ k))
