@@ -11,6 +11,7 @@ import copy
 import itertools
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,20 @@ class Editor:
 
     def current_weights(self) -> dict[int, torch.Tensor]:
         return {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
+
+    @contextmanager
+    def unedited(self):
+        """The served model with its original edited-layer weights while the block runs
+        (holding the lock, so no chat sees the swap); the edited weights come back after."""
+        with self.lock:
+            edited = self.current_weights()
+            for layer in self.layers:
+                self._set_weight(self.model, layer, self.W0[layer])
+            try:
+                yield self.model
+            finally:
+                for layer, W in edited.items():
+                    self._set_weight(self.model, layer, W)
 
     def rebuild(self) -> None:
         """Set the shadow and the served model to W0 + the committed sums."""

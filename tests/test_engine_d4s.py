@@ -235,3 +235,13 @@ def test_refinement_rounds_raise_what_the_edited_model_realises(method, open_eng
         for layer in refined.layers:
             assert inspect.relative_error(refined.current_weights()[layer], refined.W0[layer]) < 1e-6
 
+
+
+def test_unedited_shows_the_original_weights_and_restores_the_edit(open_engine, facts):
+    editor = open_engine("llama")
+    original = {name: p.detach().clone() for name, p in editor.model.named_parameters()}
+    editor.apply(facts)
+    edited = {name: p.detach().clone() for name, p in editor.model.named_parameters()}
+    with editor.unedited() as model:
+        assert all(torch.equal(p, original[name]) for name, p in model.named_parameters())
+    assert all(torch.equal(p, edited[name]) for name, p in editor.model.named_parameters())
