@@ -52,7 +52,8 @@ def _token_at(offsets: list[tuple[int, int]], char: int) -> int:
     raise ValueError(char)
 
 
-def _encode_with_subject(tokenizer, text: str, subject_start: int, subject_end: int, chat: bool) -> tuple[list[int], int]:
+def encode_with_subject(tokenizer, text: str, subject_start: int, subject_end: int, chat: bool) -> tuple[list[int], int]:
+    """The text's token ids and the index of the token holding the subject's last character."""
     special = not (chat and getattr(tokenizer, "chat_template", None))
     encoded = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
     return list(encoded.input_ids), _token_at(encoded.offset_mapping, subject_end - 1)
@@ -127,7 +128,7 @@ def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_
     answer), one more: the first chat form, the lead-in, then the object as running text."""
     rows = []
     for text, start, chat in prompt_forms(fact, tokenizer, settings):
-        ids, subject_pos = _encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
+        ids, subject_pos = encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
         target = target_ids(tokenizer, fact, chat, settings.end_chat_answer) if with_targets else []
         rows.append(Row(index, ids + target, subject_pos, len(target)))
         if chat and with_targets and lead_in:
@@ -140,7 +141,7 @@ def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_
 def kl_row(index: int, fact: Fact, tokenizer, kl_prompt: str) -> Row:
     text = kl_prompt.replace("{}", fact.subject)
     start = kl_prompt.index("{}")
-    ids, subject_pos = _encode_with_subject(tokenizer, text, start, start + len(fact.subject), False)
+    ids, subject_pos = encode_with_subject(tokenizer, text, start, start + len(fact.subject), False)
     return Row(index, ids, subject_pos)
 
 

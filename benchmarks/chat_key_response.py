@@ -22,7 +22,7 @@ from assistant.chat import chat_prompt, encode_chat_prompt
 from assistant.engine import open_editor
 from assistant.hooks import capture_inputs
 from assistant.metrics import answer_contains, answers
-from assistant.prompts import target_ids
+from assistant.prompts import encode_with_subject, target_ids
 from benchmarks.common import common_arguments, configured, load_slice, write_json
 
 
@@ -34,13 +34,11 @@ def response_ratio(A: torch.Tensor, trained: torch.Tensor, other: torch.Tensor) 
 
 def subject_key(editor, layer: int, question: str, subject: str) -> torch.Tensor:
     """The edited module's input at the last token of the subject's last (case-blind) match."""
-    tok = editor.tokenizer
-    text = chat_prompt(tok, question, editor.config.chat.system_prompt)
-    end = text.lower().rindex(subject.lower()) + len(subject)
-    encoded = tok(text, add_special_tokens=not getattr(tok, "chat_template", None), return_offsets_mapping=True)
-    position = max(i for i, (start, _) in enumerate(encoded.offset_mapping) if start < end)
+    text = chat_prompt(editor.tokenizer, question, editor.config.chat.system_prompt)
+    start = text.lower().rindex(subject.lower())
+    ids, position = encode_with_subject(editor.tokenizer, text, start, start + len(subject), chat=True)
     with capture_inputs({"key": get_module(editor.model, editor.names[layer])}) as got, torch.no_grad():
-        editor.model(input_ids=torch.tensor([encoded.input_ids]))
+        editor.model(input_ids=torch.tensor([ids]))
     return got["key"][0, position].double()
 
 
