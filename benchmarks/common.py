@@ -36,8 +36,11 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def environment() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = os.environ.get("LIVEDIT_COMMIT", "")
+    """The machine and library versions, and the commit (LIVEDIT_COMMIT where the copy has no git)."""
+    commit = os.environ.get("LIVEDIT_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        except OSError:
+            commit = ""
     return {**bench_environment(), "commit": commit}
