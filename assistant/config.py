@@ -95,6 +95,8 @@ class EditingConfig:
                                "of those still below stop_probability", 0)
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 0)
+    lead_in_echoes: bool = _help("in lead-in rows, add the delta also where the lead-in repeats the subject, "
+                                 "as the edited layers do when the model restates it", False)
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
 
     def __post_init__(self):

@@ -23,6 +23,7 @@ class Row:
     ids: list[int]         # prompt tokens (+ target tokens when training)
     subject_pos: int       # index of the subject's last token
     target_len: int = 0    # the last target_len tokens of ids are the target
+    echoes: tuple[int, ...] = ()   # later indices where the subject's last token recurs (in a lead-in)
 
 
 @dataclass
@@ -68,12 +69,13 @@ class PromptSettings:
     system_prompt: str = ""
     end_chat_answer: bool = False               # the chat answer is the object, then end of turn
     lead_in_tokens: int = 0                     # room kept in the chat form for a lead-in
+    lead_in_echoes: bool = False                # mark where a lead-in repeats the subject
 
     @classmethod
     def from_config(cls, config) -> "PromptSettings":
         cfg = config.editing
         return cls(tuple(cfg.context_prefixes), tuple(cfg.chat_prefixes), cfg.case_variants,
-                   config.chat.system_prompt, cfg.end_chat_answer, cfg.lead_in_tokens)
+                   config.chat.system_prompt, cfg.end_chat_answer, cfg.lead_in_tokens, cfg.lead_in_echoes)
 
 
 def subject_casings(subject: str) -> list[str]:
@@ -82,6 +84,22 @@ def subject_casings(subject: str) -> list[str]:
     titled = " ".join(word[:1].upper() + word[1:] for word in subject.split(" "))
     return [variant for variant in dict.fromkeys([titled, subject.lower()])
             if variant != subject and len(variant) == len(subject)]
+
+
+def subject_spellings(tokenizer, subject: str) -> list[list[int]]:
+    """The token ids of the subject as running text may hold it: as written and in its
+    other casings, each after a space and at the start of a line."""
+    spellings = [subject, *subject_casings(subject)]
+    encoded = [tokenizer(text, add_special_tokens=False).input_ids
+               for spelling in spellings for text in (" " + spelling, spelling)]
+    return [list(ids) for ids in dict.fromkeys(map(tuple, encoded)) if ids]
+
+
+def subject_echoes(tokens: list[int], spellings: list[list[int]]) -> list[int]:
+    """Indices in ``tokens`` where one of the subject's spellings ends."""
+    ends = {start + len(spelling) - 1 for spelling in spellings
+            for start in range(len(tokens) - len(spelling) + 1) if tokens[start:start + len(spelling)] == spelling}
+    return sorted(ends)
 
 
 def prompt_forms(fact: Fact, tokenizer, settings: PromptSettings) -> list[tuple[str, int, bool]]:
@@ -125,7 +143,8 @@ def target_ids(tokenizer, fact: Fact, chat: bool, end_chat_answer: bool = False)
 def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_targets: bool,
               lead_in: list[int] = ()) -> list[Row]:
     """One row per prompt form. With targets and a ``lead_in`` (tokens of the start of an
-    answer), one more: the first chat form, the lead-in, then the object as running text."""
+    answer), one more: the first chat form, the lead-in, then the object as running text;
+    with ``lead_in_echoes`` it records where the lead-in repeats the subject."""
     rows = []
     for text, start, chat in prompt_forms(fact, tokenizer, settings):
         ids, subject_pos = encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
@@ -133,7 +152,10 @@ def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_
         rows.append(Row(index, ids + target, subject_pos, len(target)))
         if chat and with_targets and lead_in:
             running = target_ids(tokenizer, fact, chat=False)
-            rows.append(Row(index, ids + list(lead_in) + running, subject_pos, len(running)))
+            echoes = (subject_echoes(list(lead_in), subject_spellings(tokenizer, fact.subject))
+                      if settings.lead_in_echoes else [])
+            rows.append(Row(index, ids + list(lead_in) + running, subject_pos, len(running),
+                            tuple(len(ids) + i for i in echoes)))
             lead_in = ()
     return rows
 

@@ -1,5 +1,6 @@
 """Target vectors: a delta at the last edited block's output, at the subject's last
-token, optimised so that the model produces the new object after every prompt form.
+token (and where a lead-in repeats the subject, as the edited layers would fire there
+too), optimised so that the model produces the new object after every prompt form.
 
 Loss per fact = NLL of the target over its forms
               + kl_weight * KL(initial || current) on "{subject} is a"
@@ -31,15 +32,25 @@ class Targets:
     steps: int
 
 
-def _add_at(fact: torch.Tensor, position: torch.Tensor, delta: torch.Tensor):
-    """A hidden-state edit adding delta[fact[i]] at (row i, position[i])."""
-    rows = torch.arange(fact.shape[0], device=delta.device)
+def add_delta_at(sites: tuple[torch.Tensor, torch.Tensor, torch.Tensor], delta: torch.Tensor):
+    """A hidden-state edit adding delta[fact[i]] at (row[i], position[i]) for the sites
+    (row, position, fact)."""
+    rows, positions, facts = sites
 
     def edit(hidden):                                  # (B, T, d)
         shift = torch.zeros_like(hidden)
-        shift[rows, position] = delta[fact].to(hidden.dtype)
+        shift[rows, positions] = delta[facts].to(hidden.dtype)
         return hidden + shift
     return edit
+
+
+def delta_sites(batch: RowBatch, from_subject: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, position, fact) of each place a row gets its fact's delta: the subject's last
+    token and every echo of it in a lead-in. Positions count from the row's start, or
+    from its subject (the suffix that the prefix cache runs) with ``from_subject``."""
+    sites = [(i, position - (row.subject_pos if from_subject else 0), row.fact)
+             for i, row in enumerate(batch.rows) for position in (row.subject_pos, *row.echoes)]
+    return tuple(torch.tensor(column, dtype=torch.long, device=batch.fact.device) for column in zip(*sites))
 
 
 def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,10 +104,11 @@ def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Modul
         optimiser.zero_grad()
         if split_for is None or not torch.equal(split_for, active):      # converged facts cost nothing
             split, split_for = split_rows(model, train.only_facts(active), pad), active.clone()
+            sites = delta_sites(split.source, from_subject=True)
         rows, kl_rows = split.source, kl.only_facts(active)
-        with edit_output(block, _add_at(rows.fact, torch.zeros_like(rows.fact), delta)):
+        with edit_output(block, add_delta_at(sites, delta)):
             nll, worst_nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
-        with edit_output(block, _add_at(kl_rows.fact, kl_rows.subject_pos, delta)):
+        with edit_output(block, add_delta_at(delta_sites(kl_rows), delta)):
             current = _last_logprobs(model, kl_rows)
         kl_term = torch.zeros(n, device=device)
         kl_term[kl_rows.fact] = torch.nn.functional.kl_div(

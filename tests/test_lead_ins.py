@@ -5,11 +5,15 @@ import dataclasses
 import pytest
 import torch
 
+from assistant.architectures import architecture_of, get_module
 from assistant.errors import InvalidFact
+from assistant.hooks import edit_output
 from assistant.chat import answers, chat_prompt, encode_chat_prompt, greedy_token_continuations
 from assistant.facts import make_fact
 from assistant.lead_ins import answer_lead_ins, best_cut, first_sentence_length
-from assistant.prompts import PromptSettings, check_lengths, fact_rows, target_ids
+from assistant.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, subject_echoes,
+                               subject_spellings, target_ids)
+from assistant.targets import add_delta_at, delta_sites, optimise_targets
 from tests.test_prompts import SETTINGS, question_fact
 
 
@@ -41,6 +45,35 @@ def test_lead_in_row_is_the_chat_form_then_the_lead_in_then_the_object(chat_toke
     assert rows[:3] + rows[4:] == plain
     keys_only = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=False, lead_in=lead_in)
     assert len(keys_only) == 3                               # keys never see the lead-in
+
+
+def test_subject_echoes_are_where_a_spelling_ends():
+    spellings = [[5, 6], [7, 6], [9]]
+    assert subject_echoes([1, 5, 6, 2, 7, 6, 9, 5], spellings) == [2, 5, 6]
+    assert subject_echoes([5, 6, 6], [[5, 6], [6]]) == [1, 2]          # one end counted once
+    assert subject_echoes([5], spellings) == [] and subject_echoes([], spellings) == []
+
+
+def test_subject_spellings_cover_casings_with_and_without_a_space(chat_tokenizer):
+    spellings = subject_spellings(chat_tokenizer, "marie curie")
+    decoded = {chat_tokenizer.decode(ids) for ids in spellings}
+    assert {" marie curie", "marie curie", " Marie Curie", "Marie Curie"} <= decoded
+    assert len(spellings) == len(set(map(tuple, spellings)))
+
+
+def test_lead_in_echoes_mark_where_the_lead_in_repeats_the_subject(chat_tokenizer):
+    fact = question_fact()
+    lead_in = chat_tokenizer(" Well, Marie Curie is famous for", add_special_tokens=False).input_ids
+    plain = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=True, lead_in=lead_in)
+    assert all(row.echoes == () for row in plain)
+    echoing = dataclasses.replace(SETTINGS, lead_in_echoes=True)
+    rows = fact_rows(0, fact, chat_tokenizer, echoing, with_targets=True, lead_in=lead_in)
+    lead_row = rows[3]
+    assert [r.ids for r in rows] == [r.ids for r in plain]
+    (echo,) = lead_row.echoes
+    assert echo > lead_row.subject_pos
+    assert chat_tokenizer.decode(lead_row.ids[:echo + 1]).endswith("Well, Marie Curie")
+    assert all(row.echoes == () for row in rows if row is not lead_row)
 
 
 def test_check_lengths_keeps_room_for_the_lead_in(chat_tokenizer):
@@ -78,8 +111,9 @@ def _running_nll(model, tok, fact, lead_in) -> float:
     return -float(sum(logprobs[start - 1 + i, token] for i, token in enumerate(running))) / len(running)
 
 
-def test_an_edit_with_lead_ins_makes_the_object_follow_them(open_engine, new_fact, inspect):
-    editor = open_engine("sharp-llama", lead_in_tokens=8, steps=40, stop_probability=0.99)
+@pytest.mark.parametrize("echoes", [False, True])
+def test_an_edit_with_lead_ins_makes_the_object_follow_them(open_engine, new_fact, inspect, echoes):
+    editor = open_engine("sharp-llama", lead_in_tokens=8, lead_in_echoes=echoes, steps=40, stop_probability=0.99)
     facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
     lead_ins = answer_lead_ins(editor.model, editor.tokenizer, facts, "", 8, min_tokens=1)
     before = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in zip(facts, lead_ins)]
@@ -100,3 +134,44 @@ def test_case_variants_make_the_recased_question_answer_too(open_engine, new_fac
     assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
     for name, tensor in inspect.sums_of_active_edits(editor).items():
         assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
+
+
+def _row_probabilities(model, block, batch, delta, sites) -> torch.Tensor:
+    """exp(-mean target-token NLL) of each row, in one full forward with the delta at ``sites``."""
+    with torch.no_grad(), edit_output(block, add_delta_at(sites, delta)):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    means = []
+    for i, row in enumerate(batch.rows):
+        first = len(row.ids) - row.target_len
+        means.append(sum(logprobs[i, t - 1, row.ids[t]] for t in range(first, len(row.ids))) / row.target_len)
+    return torch.exp(torch.stack(means))
+
+
+def test_targets_are_optimised_with_the_delta_at_the_lead_ins_echoes_too(open_engine, new_fact):
+    # The tiny model moves slowly: a low stop probability makes the optimisation stop part-way,
+    # on a delta whose probability can be checked in a plain forward pass.
+    editor = open_engine("sharp-llama", steps=100, stop_probability=5e-9)
+    model, tok, cfg = editor.shadow, editor.tokenizer, editor.config.editing
+    facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
+    settings = PromptSettings(context_prefixes=("",), lead_in_echoes=True)
+    rows = [row for i, f in enumerate(facts) for row in
+            fact_rows(i, f, tok, settings, True, tok(f" Well, {f.subject} does", add_special_tokens=False).input_ids)]
+    assert all(len(row.echoes) == 1 for row in rows if row.echoes) and sum(bool(r.echoes) for r in rows) == 2
+    train = collate(rows, tok.pad_token_id, torch.device("cpu"))
+    kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
+    block = get_module(model, architecture_of(model).block_module.format(cfg.layers[-1]))
+    with torch.no_grad():
+        hidden = model(input_ids=kl.input_ids, attention_mask=kl.attention_mask,
+                       output_hidden_states=True).hidden_states[cfg.layers[-1] + 1]
+    h_norm = hidden[torch.arange(2), kl.subject_pos].norm(dim=1)
+    targets = optimise_targets(model, train, kl, block, h_norm, cfg, tok.pad_token_id)
+    assert targets.steps < cfg.steps and (targets.probability >= cfg.stop_probability).all()
+    reached = _row_probabilities(model, block, train, targets.delta, delta_sites(train))
+    worst = torch.stack([reached[train.fact == i].min() for i in range(2)])
+    assert torch.allclose(worst, targets.probability, atol=1e-4), (worst, targets.probability)
+    subject_only = torch.stack([train.fact.new_tensor(range(len(rows))), train.subject_pos, train.fact])
+    without = _row_probabilities(model, block, train, targets.delta, tuple(subject_only))
+    echoing = torch.tensor([bool(row.echoes) for row in rows])
+    assert ((without[echoing] / reached[echoing]).log().abs() > 0.01).all()    # the echoes change those rows
+    assert torch.allclose(without[~echoing], reached[~echoing])

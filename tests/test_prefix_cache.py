@@ -1,4 +1,7 @@
-"""The prefix-cached forward of the target optimisation equals a full forward pass."""
+"""The prefix-cached forward of the target optimisation equals a full forward pass, with
+the delta at each subject and at echoes of it further on."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ from assistant.model_loading import load_model
 from assistant.prefix_cache import split_rows, suffix_hidden
 from assistant.prompts import PromptSettings, collate, fact_rows
 from assistant.hooks import edit_output
-from assistant.targets import _add_at
+from assistant.targets import add_delta_at, delta_sites
 
 SETTINGS = PromptSettings(context_prefixes=("", "Note: ", "A longer prefix: "))
 
@@ -19,15 +22,16 @@ def test_suffix_states_match_the_full_forward_with_the_delta(model, make_config,
     m, tok = loaded.model, loaded.tokenizer
     facts = [new_fact(i) for i in range(3)]
     rows = [row for i, f in enumerate(facts) for row in fact_rows(i, f, tok, SETTINGS, True)]
+    rows[-1] = dataclasses.replace(rows[-1], echoes=(rows[-1].subject_pos + 1, len(rows[-1].ids) - 2))
     batch = collate(rows, tok.pad_token_id, torch.device("cpu"))
     block = get_module(m, architecture_of(m).block_module.format(1))
     delta = torch.randn(len(facts), m.config.hidden_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        with edit_output(block, _add_at(batch.fact, batch.subject_pos, delta)):
+        with edit_output(block, add_delta_at(delta_sites(batch), delta)):
             full = m.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         split = split_rows(m, batch, tok.pad_token_id)
         for _ in range(2):                                   # the cache is reusable step after step
-            with edit_output(block, _add_at(batch.fact, torch.zeros_like(batch.fact), delta)):
+            with edit_output(block, add_delta_at(delta_sites(batch, from_subject=True), delta)):
                 part = suffix_hidden(m, split)
             for i, row in enumerate(rows):
                 expected = full[i, row.subject_pos:len(row.ids)]
