@@ -191,6 +191,9 @@ class Editor:
             train += rows(i, fact, True)
             key_rows += rows(i, fact, False)
             kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
+        if cfg.lead_in_tokens:
+            log.info("lead-ins for %d of %d fact(s)%s", sum(map(bool, lead_ins)), n,
+                     f"; {sum(bool(row.echoes) for row in train)} repeat the subject" if cfg.lead_in_echoes else "")
         pad = tok.pad_token_id
         key_batch, train_batch, kl_batch = (collate(part, pad, device) for part in (key_rows, train, kl_rows))
         last_block = get_module(self.shadow, self.arch.block_module.format(self.layers[-1]))
