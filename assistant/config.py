@@ -97,6 +97,9 @@ class EditingConfig:
                                 "searched in this many answer tokens; 0 = off", 0)
     lead_in_echoes: bool = _help("in lead-in rows, add the delta also where the lead-in repeats the subject, "
                                  "as the edited layers do when the model restates it", False)
+    tokens_per_pass: int = _help("most prompt tokens in one forward and backward pass of the target "
+                                 "optimisation; a batch beyond it runs in groups of facts (same result, "
+                                 "less memory); 0 = no limit", 0)
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
 
     def __post_init__(self):
@@ -111,8 +114,8 @@ class EditingConfig:
             raise ConfigError("[editing] mom2_weight (lambda) must be positive")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("[editing] batch_size and steps must be at least 1")
-        if self.refine_rounds < 0 or self.lead_in_tokens < 0:
-            raise ConfigError("[editing] refine_rounds and lead_in_tokens must be 0 or more")
+        if self.refine_rounds < 0 or self.lead_in_tokens < 0 or self.tokens_per_pass < 0:
+            raise ConfigError("[editing] refine_rounds, lead_in_tokens and tokens_per_pass must be 0 or more")
         if not 0 < self.stop_probability <= 1:
             raise ConfigError("[editing] stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:

@@ -81,6 +81,28 @@ def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) ->
     return fact_nll / torch.bincount(batch.fact, minlength=n_facts).clamp(min=1), worst
 
 
+def fact_groups(batch: RowBatch, active: torch.Tensor, tokens_per_pass: int) -> list[torch.Tensor]:
+    """The active facts in consecutive groups (masks over all facts) whose rows hold at most
+    ``tokens_per_pass`` tokens, a fact never split and every group at least one fact; one
+    group when ``tokens_per_pass`` is 0."""
+    tokens = torch.zeros(active.shape[0], dtype=torch.long)
+    tokens.index_add_(0, batch.fact.cpu(), batch.lengths.cpu())
+    groups, current, used = [], [], 0
+    for fact in active.nonzero().squeeze(1).tolist():
+        if current and tokens_per_pass and used + int(tokens[fact]) > tokens_per_pass:
+            groups.append(current)
+            current, used = [], 0
+        current.append(fact)
+        used += int(tokens[fact])
+    groups += [current] if current else []
+    masks = []
+    for group in groups:
+        mask = torch.zeros_like(active)
+        mask[group] = True
+        masks.append(mask)
+    return masks
+
+
 def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
     hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.lengths - 1]
@@ -99,27 +121,30 @@ def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Modul
     active = torch.ones(n, dtype=torch.bool, device=device)
     probability = torch.zeros(n, device=device)
     max_norm = cfg.clamp_norm_factor * h_norm.to(device)
-    step, split, split_for = 0, None, None
+    step, splits, splits_for = 0, [], None
     for step in range(1, cfg.steps + 1):
         optimiser.zero_grad()
-        if split_for is None or not torch.equal(split_for, active):      # converged facts cost nothing
-            split, split_for = split_rows(model, train.only_facts(active), pad), active.clone()
-            sites = delta_sites(split.source, from_subject=True)
-        rows, kl_rows = split.source, kl.only_facts(active)
-        with edit_output(block, add_delta_at(sites, delta)):
-            nll, worst_nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
-        with edit_output(block, add_delta_at(delta_sites(kl_rows), delta)):
-            current = _last_logprobs(model, kl_rows)
-        kl_term = torch.zeros(n, device=device)
-        kl_term[kl_rows.fact] = torch.nn.functional.kl_div(
-            current, initial_kl[kl_rows.fact], log_target=True, reduction="none").sum(-1)
-        decay = (delta.norm(dim=1) / h_norm.to(device)) ** 2
-        probability = torch.where(active, torch.exp(-worst_nll), probability)
+        if splits_for is None or not torch.equal(splits_for, active):    # converged facts cost nothing
+            splits = [(split_rows(model, train.only_facts(group), pad), group)
+                      for group in fact_groups(train, active, cfg.tokens_per_pass)]
+            splits_for = active.clone()
+        for split, group in splits:                  # one forward and backward pass per group of facts
+            rows, kl_rows = split.source, kl.only_facts(group)
+            with edit_output(block, add_delta_at(delta_sites(rows, from_subject=True), delta)):
+                nll, worst_nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
+            with edit_output(block, add_delta_at(delta_sites(kl_rows), delta)):
+                current = _last_logprobs(model, kl_rows)
+            kl_term = torch.zeros(n, device=device)
+            kl_term[kl_rows.fact] = torch.nn.functional.kl_div(
+                current, initial_kl[kl_rows.fact], log_target=True, reduction="none").sum(-1)
+            decay = (delta.norm(dim=1) / h_norm.to(device)) ** 2
+            probability = torch.where(group, torch.exp(-worst_nll), probability)
+            behind = group & (probability < cfg.stop_probability)
+            if behind.any():
+                ((nll + cfg.kl_weight * kl_term + cfg.weight_decay * decay) * behind).sum().backward()
         active &= probability < cfg.stop_probability
         if not active.any():
             break
-        loss = ((nll + cfg.kl_weight * kl_term + cfg.weight_decay * decay) * active).sum()
-        loss.backward()
         frozen = delta.detach()[~active].clone()
         optimiser.step()
         with torch.no_grad():
