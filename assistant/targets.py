@@ -125,12 +125,13 @@ def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Modul
     for step in range(1, cfg.steps + 1):
         optimiser.zero_grad()
         if splits_for is None or not torch.equal(splits_for, active):    # converged facts cost nothing
-            splits = [(split_rows(model, train.only_facts(group), pad), group)
-                      for group in fact_groups(train, active, cfg.tokens_per_pass)]
-            splits_for = active.clone()
-        for split, group in splits:                  # one forward and backward pass per group of facts
+            splits, splits_for = [], active.clone()
+            for group in fact_groups(train, active, cfg.tokens_per_pass):
+                split = split_rows(model, train.only_facts(group), pad)
+                splits.append((split, group, delta_sites(split.source, from_subject=True)))
+        for split, group, sites in splits:           # one forward and backward pass per group of facts
             rows, kl_rows = split.source, kl.only_facts(group)
-            with edit_output(block, add_delta_at(delta_sites(rows, from_subject=True), delta)):
+            with edit_output(block, add_delta_at(sites, delta)):
                 nll, worst_nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
             with edit_output(block, add_delta_at(delta_sites(kl_rows), delta)):
                 current = _last_logprobs(model, kl_rows)
