@@ -82,6 +82,8 @@ class EditingConfig:
     context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. "])
     chat_prefixes: list = _help("prefixes inside the user turn before a fact's question; one chat form each", [""])
     case_variants: bool = _help("also chat forms with the subject in Title Case and in lower case", False)
+    question_variants: int = _help("also this many chat forms of a fact's question with some other words "
+                                   "left out (the subject kept), so the edit holds in reworded questions", 0)
     kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
     steps: int = _help("maximum gradient steps of the target optimisation", 60)
     learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)
@@ -114,8 +116,9 @@ class EditingConfig:
             raise ConfigError("[editing] mom2_weight (lambda) must be positive")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("[editing] batch_size and steps must be at least 1")
-        if self.refine_rounds < 0 or self.lead_in_tokens < 0 or self.tokens_per_pass < 0:
-            raise ConfigError("[editing] refine_rounds, lead_in_tokens and tokens_per_pass must be 0 or more")
+        if min(self.refine_rounds, self.lead_in_tokens, self.tokens_per_pass, self.question_variants) < 0:
+            raise ConfigError("[editing] refine_rounds, lead_in_tokens, tokens_per_pass and question_variants "
+                              "must be 0 or more")
         if not 0 < self.stop_probability <= 1:
             raise ConfigError("[editing] stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:

@@ -8,6 +8,7 @@ new object after each of them.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -70,12 +71,14 @@ class PromptSettings:
     end_chat_answer: bool = False               # the chat answer is the object, then end of turn
     lead_in_tokens: int = 0                     # room kept in the chat form for a lead-in
     lead_in_echoes: bool = False                # mark where a lead-in repeats the subject
+    question_variants: int = 0                  # chat forms of the question with some other words left out
 
     @classmethod
     def from_config(cls, config) -> "PromptSettings":
         cfg = config.editing
         return cls(tuple(cfg.context_prefixes), tuple(cfg.chat_prefixes), cfg.case_variants,
-                   config.chat.system_prompt, cfg.end_chat_answer, cfg.lead_in_tokens, cfg.lead_in_echoes)
+                   config.chat.system_prompt, cfg.end_chat_answer, cfg.lead_in_tokens, cfg.lead_in_echoes,
+                   cfg.question_variants)
 
 
 def subject_casings(subject: str) -> list[str]:
@@ -84,6 +87,35 @@ def subject_casings(subject: str) -> list[str]:
     titled = " ".join(word[:1].upper() + word[1:] for word in subject.split(" "))
     return [variant for variant in dict.fromkeys([titled, subject.lower()])
             if variant != subject and len(variant) == len(subject)]
+
+
+def question_variants(question: str, subject_at: int, subject_length: int, count: int,
+                      drop: float = 0.3) -> list[tuple[str, int]]:
+    """Up to ``count`` rewordings of a question, each with some words other than the
+    subject's, the first and the last left out (the same ones for the same question), as (question,
+    subject start char). They train the edit in question contexts other than the one
+    given, as a rephrased question brings other words around the subject."""
+    words, starts, position = question.split(" "), [], 0
+    for word in words:
+        starts.append(position)
+        position += len(word) + 1
+    subject_end = subject_at + subject_length
+    optional = [i for i, (word, start) in enumerate(zip(words, starts))
+                if 0 < i < len(words) - 1 and word and not (start < subject_end and subject_at < start + len(word) + 1)]
+    chooser, seen, variants = random.Random(question), {question}, []
+    for _ in range(8 * count):
+        if len(variants) == count or len(optional) < 2:
+            break
+        dropped = {i for i in optional if chooser.random() < drop}
+        if not dropped or len(dropped) > len(optional) // 2:
+            continue
+        kept = [i for i in range(len(words)) if i not in dropped]
+        text = " ".join(words[i] for i in kept)
+        at = subject_at - sum(len(words[i]) + 1 for i in dropped if starts[i] < subject_at)
+        if text not in seen:
+            seen.add(text)
+            variants.append((text, at))
+    return variants
 
 
 def subject_spellings(tokenizer, subject: str) -> list[list[int]]:
@@ -105,7 +137,8 @@ def subject_echoes(tokens: list[int], spellings: list[list[int]]) -> list[int]:
 def prompt_forms(fact: Fact, tokenizer, settings: PromptSettings) -> list[tuple[str, int, bool]]:
     """(text, subject start char, is_chat) for each form of the fact's prompt: the cloze
     prompt after each context prefix and, when the fact has a question, the chat-template
-    form of each chat prefix + the question (and of its subject's other casings)."""
+    form of each chat prefix + the question (and of its subject's other casings, and of
+    its rewordings)."""
     forms = []
     for prefix in settings.context_prefixes:
         text = prefix + fact.filled_prompt
@@ -120,6 +153,7 @@ def prompt_forms(fact: Fact, tokenizer, settings: PromptSettings) -> list[tuple[
         after = at + len(fact.subject)
         questions += [(fact.question[:at] + variant + fact.question[after:], at)
                       for variant in subject_casings(fact.subject)]
+    questions += question_variants(fact.question, at, len(fact.subject), settings.question_variants)
     for prefix in settings.chat_prefixes:
         for question, subject_at in questions:
             asked = prefix + question

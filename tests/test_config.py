@@ -62,6 +62,7 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"layers": [2, 2]}}, "layers"),
     ({"editing": {"mom2_weight": -1.0}}, "mom2_weight"),
     ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
+    ({"editing": {"question_variants": -1}}, "question_variants"),
     ({"model": {"dtype": "float8"}}, "dtype"),
     ({"model": {"device": "tpu"}}, "device"),
     ({"covariance": {"corpora": ["c4"]}}, "corpora"),

@@ -6,7 +6,8 @@ import torch
 from assistant.chat import FALLBACK_TEMPLATE, chat_prompt
 from assistant.errors import InvalidFact
 from assistant.facts import make_fact
-from assistant.prompts import PromptSettings, check_lengths, collate, fact_rows, kl_row, prompt_forms, subject_casings, target_ids
+from assistant.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, prompt_forms, question_variants,
+                               subject_casings, target_ids)
 
 PREFIXES = ["", "Note: "]
 SETTINGS = PromptSettings(context_prefixes=tuple(PREFIXES))
@@ -131,3 +132,38 @@ def test_subject_casings():
     assert subject_casings("Paris") == ["paris"]
     assert subject_casings("paris") == ["Paris"]
     assert subject_casings("42") == []
+
+
+def test_question_variants_leave_out_other_words_and_keep_the_subject():
+    question = "What is the name of the individual who was awarded the Camsell Medal in 2012?"
+    subject = "Camsell Medal"
+    at = question.index(subject)
+    variants = question_variants(question, at, len(subject), 4)
+    assert len(variants) == 4 and len({text for text, _ in variants}) == 4
+    original = question.split(" ")
+    for text, start in variants:
+        assert text != question and text[start:start + len(subject)] == subject
+        words = text.split(" ")
+        assert words[0] == "What" and words[-1] == "2012?"
+        assert len(original) // 2 <= len(words) < len(original)
+        remaining = iter(original)
+        assert all(word in remaining for word in words)   # the same words in the same order, some left out
+    assert question_variants(question, at, len(subject), 4) == variants   # the same for the same question
+    assert question_variants(question, at, len(subject), 0) == []
+    assert question_variants("Who wrote Hamlet?", 10, 7, 3) == []          # nothing to leave out
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "chat_tokenizer"])
+def test_question_variants_are_more_chat_forms_at_the_subject(request, which):
+    tok = request.getfixturevalue(which)
+    fact = make_fact(id="cm", subject="Camsell Medal", prompt="The Camsell Medal went to", target_new="Ann Lee",
+                     question="Who was the person awarded the Camsell Medal in the year 2012?")
+    plain = PromptSettings(context_prefixes=tuple(PREFIXES))
+    settings = PromptSettings(context_prefixes=tuple(PREFIXES), question_variants=3)
+    forms = prompt_forms(fact, tok, settings)
+    assert forms[:len(PREFIXES) + 1] == prompt_forms(fact, tok, plain)
+    reworded = forms[len(PREFIXES) + 1:]
+    assert len(reworded) == 3 and all(chat for _, _, chat in reworded)
+    for row, (text, start, _) in zip(fact_rows(0, fact, tok, settings, with_targets=False), forms):
+        assert text[start:start + len(fact.subject)] == fact.subject
+        assert subject_ends_at(tok, row.ids, row.subject_pos, fact.subject)
