@@ -11,8 +11,8 @@ from assistant.hooks import edit_output
 from assistant.chat import answers, chat_prompt, encode_chat_prompt, greedy_token_continuations
 from assistant.facts import make_fact
 from assistant.lead_ins import answer_lead_ins, best_cut, first_sentence_length
-from assistant.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, subject_echoes,
-                               subject_spellings, target_ids)
+from assistant.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, question_variants,
+                               subject_echoes, subject_spellings, target_ids)
 from assistant.targets import add_delta_at, delta_sites, optimise_targets
 from tests.test_prompts import SETTINGS, question_fact
 
@@ -101,9 +101,11 @@ def test_lead_ins_are_cuts_of_the_models_own_answer(open_engine):
     assert any(lead_ins[:-1]), "the sharp tiny model should restate something before some object"
 
 
-def _running_nll(model, tok, fact, lead_in) -> float:
+def _running_nll(model, tok, fact, lead_in, chat_answer: bool = False) -> float:
+    """Mean NLL of the object after the chat question and ``lead_in``: as running text, or
+    as the chat answer itself (no leading space) with ``chat_answer``."""
     prompt = encode_chat_prompt(tok, chat_prompt(tok, fact.question))
-    running = target_ids(tok, fact, chat=False)
+    running = target_ids(tok, fact, chat=chat_answer)
     ids = torch.tensor([prompt + lead_in + running])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
@@ -175,3 +177,20 @@ def test_targets_are_optimised_with_the_delta_at_the_lead_ins_echoes_too(open_en
     echoing = torch.tensor([bool(row.echoes) for row in rows])
     assert ((without[echoing] / reached[echoing]).log().abs() > 0.01).all()    # the echoes change those rows
     assert torch.allclose(without[~echoing], reached[~echoing])
+
+
+def test_question_variants_are_trained_to_answer_too(open_engine, new_fact, inspect):
+    # Each reworded question is a trained form. Per-form keys, as the tiny random model's key
+    # averaged over eight forms keeps too little of each for this check.
+    editor = open_engine("sharp-llama", question_variants=3, key_mode="per_form", steps=40, stop_probability=0.99)
+    facts = [new_fact(i, question=f"Please tell me what it is that {s} really does these days?", subject=s)
+             for i, s in enumerate(["Marie Curie", "Paris"])]
+    reworded = [dataclasses.replace(f, question=text) for f in facts
+                for text, _ in question_variants(f.question, f.question.index(f.subject), len(f.subject), 3)]
+    assert len(reworded) == 6
+    before = [_running_nll(editor.model, editor.tokenizer, f, [], chat_answer=True) for f in reworded]
+    editor.apply(facts)
+    after = [_running_nll(editor.model, editor.tokenizer, f, [], chat_answer=True) for f in reworded]
+    assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
+    for name, tensor in inspect.sums_of_active_edits(editor).items():
+        assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
