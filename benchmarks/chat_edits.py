@@ -25,33 +25,35 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score the facts as edited in --state-dir (e.g. a run stopped after its first batches)")
+    parser.add_argument("--max-new-tokens", type=int, default=32,
+                        help="length of each greedy answer (32 in every recorded run; the chat itself uses [chat] max_new_tokens)")
     common_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = configured(args.set)
     facts = load_slice(config, args.data, args.start, args.count)
     editor = open_editor(config, state_dir=args.state_dir)
-    tok, system = editor.tokenizer, config.chat.system_prompt
+    tok, system, length = editor.tokenizer, config.chat.system_prompt, args.max_new_tokens
     if args.evaluate_only:
         edited = {record.fact.id for record in editor.ledger.edits("active")}
         facts = [f for f in facts if f.id in edited]
         with editor.unedited():
-            before = chat_scores(editor.model, tok, facts, system_prompt=system)
-            locality_before = answers(editor.model, tok, locality_questions(facts), 32, system)
+            before = chat_scores(editor.model, tok, facts, length, system)
+            locality_before = answers(editor.model, tok, locality_questions(facts), length, system)
         report, seconds = None, float("nan")
     else:
-        before = chat_scores(editor.model, tok, facts, system_prompt=system)
-        locality_before = answers(editor.model, tok, locality_questions(facts), 32, system)
+        before = chat_scores(editor.model, tok, facts, length, system)
+        locality_before = answers(editor.model, tok, locality_questions(facts), length, system)
         started = time.perf_counter()
         report = editor.apply(facts, batch_size=args.batch_size)
         seconds = time.perf_counter() - started
-    after = chat_scores(editor.model, tok, facts, system_prompt=system, locality_before=locality_before)
+    after = chat_scores(editor.model, tok, facts, length, system, locality_before=locality_before)
     write_json(args.out, {
         "data": args.data, "start": args.start, "count": len(facts), "method": editor.method,
         "config": dataclasses.asdict(config.editing), "environment": environment(),
         "seconds_per_edit": seconds / len(facts),
         "target_probability_mean": sum(report.probabilities) / len(report.probabilities) if report else None,
-        "evaluated_only": args.evaluate_only,
+        "evaluated_only": args.evaluate_only, "max_new_tokens": length,
         "before": {"efficacy": before.efficacy, "paraphrase": before.paraphrase},
         "after": {"efficacy": after.efficacy, "paraphrase": after.paraphrase, "locality": after.locality},
         "l1_growth": {n.layer: n.growth for n in editor.norms()},
