@@ -97,6 +97,8 @@ class EditingConfig:
                                "of those still below stop_probability", 0)
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 0)
+    lead_in_asks: list = _help("ways of putting the question to the model for lead-ins, {} the question; "
+                               "each distinct restatement it draws is one more lead-in", ["{}"])
     lead_in_echoes: bool = _help("in lead-in rows, add the delta also where the lead-in repeats the subject, "
                                  "as the edited layers do when the model restates it", False)
     tokens_per_pass: int = _help("most prompt tokens in one forward and backward pass of the target "
@@ -127,6 +129,9 @@ class EditingConfig:
             raise ConfigError(f"[editing] key_mode = {self.key_mode!r}: use per_form or mean")
         if not self.chat_prefixes or not all(isinstance(p, str) for p in self.chat_prefixes):
             raise ConfigError('[editing] chat_prefixes needs at least one string (use [""] for the bare question)')
+        if not self.lead_in_asks or not all(isinstance(a, str) and a.count("{}") == 1 for a in self.lead_in_asks):
+            raise ConfigError('[editing] lead_in_asks needs one or more strings, each with {} once where the '
+                              'question goes (use ["{}"] for the question itself)')
         if not self.context_prefixes:
             raise ConfigError('[editing] context_prefixes needs at least one entry (use [""] for none)')
 

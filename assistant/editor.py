@@ -182,8 +182,8 @@ class Editor:
         cfg, tok = self.config.editing, self.tokenizer
         system, device = self.config.chat.system_prompt, next(self.model.parameters()).device
         n = len(facts)
-        lead_ins = (answer_lead_ins(self.shadow, tok, facts, system, cfg.lead_in_tokens) if cfg.lead_in_tokens
-                    else [[] for _ in facts])
+        lead_ins = (answer_lead_ins(self.shadow, tok, facts, system, cfg.lead_in_tokens, tuple(cfg.lead_in_asks))
+                    if cfg.lead_in_tokens else [[] for _ in facts])
         settings = PromptSettings.from_config(self.config)
         rows = lambda i, fact, with_targets: fact_rows(i, fact, tok, settings, with_targets, lead_ins[i])  # noqa: E731
         train, key_rows, kl_rows = [], [], []
@@ -192,7 +192,7 @@ class Editor:
             key_rows += rows(i, fact, False)
             kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
         if cfg.lead_in_tokens:
-            log.info("lead-ins for %d of %d fact(s)%s", sum(map(bool, lead_ins)), n,
+            log.info("%d lead-in(s) for %d of %d fact(s)%s", sum(map(len, lead_ins)), sum(map(bool, lead_ins)), n,
                      f"; {sum(bool(row.echoes) for row in train)} repeat the subject" if cfg.lead_in_echoes else "")
         pad = tok.pad_token_id
         key_batch, train_batch, kl_batch = (collate(part, pad, device) for part in (key_rows, train, kl_rows))

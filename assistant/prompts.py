@@ -175,22 +175,23 @@ def target_ids(tokenizer, fact: Fact, chat: bool, end_chat_answer: bool = False)
 
 
 def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_targets: bool,
-              lead_in: list[int] = ()) -> list[Row]:
-    """One row per prompt form. With targets and a ``lead_in`` (tokens of the start of an
-    answer), one more: the first chat form, the lead-in, then the object as running text;
-    with ``lead_in_echoes`` it records where the lead-in repeats the subject."""
+              lead_ins: list[list[int]] = ()) -> list[Row]:
+    """One row per prompt form. With targets, one more per lead-in (tokens of the start of
+    an answer): the first chat form, the lead-in, then the object as running text; with
+    ``lead_in_echoes`` it records where the lead-in repeats the subject."""
     rows = []
     for text, start, chat in prompt_forms(fact, tokenizer, settings):
         ids, subject_pos = encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
         target = target_ids(tokenizer, fact, chat, settings.end_chat_answer) if with_targets else []
         rows.append(Row(index, ids + target, subject_pos, len(target)))
-        if chat and with_targets and lead_in:
+        if chat and with_targets:
             running = target_ids(tokenizer, fact, chat=False)
-            echoes = (subject_echoes(list(lead_in), subject_spellings(tokenizer, fact.subject))
-                      if settings.lead_in_echoes else [])
-            rows.append(Row(index, ids + list(lead_in) + running, subject_pos, len(running),
-                            tuple(len(ids) + i for i in echoes)))
-            lead_in = ()
+            for lead_in in lead_ins:
+                echoes = (subject_echoes(list(lead_in), subject_spellings(tokenizer, fact.subject))
+                          if settings.lead_in_echoes else [])
+                rows.append(Row(index, ids + list(lead_in) + running, subject_pos, len(running),
+                                tuple(len(ids) + i for i in echoes)))
+            lead_ins = ()
     return rows
 
 
@@ -218,7 +219,7 @@ def check_lengths(facts: list[Fact], tokenizer, settings: PromptSettings, max_to
     form with room for a lead-in)."""
     for index, fact in enumerate(facts):
         room = [tokenizer.eos_token_id or 0] * settings.lead_in_tokens
-        for row in fact_rows(index, fact, tokenizer, settings, True, room):
+        for row in fact_rows(index, fact, tokenizer, settings, True, [room]):
             if len(row.ids) > max_tokens:
                 raise InvalidFact(
                     f"fact {fact.id}: a prompt form has {len(row.ids)} tokens; the model accepts {max_tokens}. "

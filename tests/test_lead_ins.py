@@ -35,7 +35,7 @@ def test_lead_in_row_is_the_chat_form_then_the_lead_in_then_the_object(chat_toke
     lead_in = chat_tokenizer(" Marie Curie is famous for", add_special_tokens=False).input_ids
     settings = PromptSettings(context_prefixes=SETTINGS.context_prefixes, chat_prefixes=("", "Hi. "))
     plain = fact_rows(0, fact, chat_tokenizer, settings, with_targets=True)
-    rows = fact_rows(0, fact, chat_tokenizer, settings, with_targets=True, lead_in=lead_in)
+    rows = fact_rows(0, fact, chat_tokenizer, settings, with_targets=True, lead_ins=[lead_in])
     assert len(rows) == len(plain) + 1                       # one lead-in row, after the first chat form only
     chat_row, lead_row = rows[2], rows[3]
     running = target_ids(chat_tokenizer, fact, chat=False)
@@ -43,7 +43,11 @@ def test_lead_in_row_is_the_chat_form_then_the_lead_in_then_the_object(chat_toke
     assert lead_row.ids == chat_row.ids[:prompt_len] + lead_in + running
     assert lead_row.target_len == len(running) and lead_row.subject_pos == chat_row.subject_pos
     assert rows[:3] + rows[4:] == plain
-    keys_only = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=False, lead_in=lead_in)
+    other = chat_tokenizer(" The answer is", add_special_tokens=False).input_ids
+    two = fact_rows(0, fact, chat_tokenizer, settings, with_targets=True, lead_ins=[lead_in, other])
+    assert two[:4] == rows[:4] and two[5:] == rows[4:]       # one row per lead-in, both after the first chat form
+    assert two[4].ids == chat_row.ids[:prompt_len] + other + running
+    keys_only = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=False, lead_ins=[lead_in])
     assert len(keys_only) == 3                               # keys never see the lead-in
 
 
@@ -64,10 +68,10 @@ def test_subject_spellings_cover_casings_with_and_without_a_space(chat_tokenizer
 def test_lead_in_echoes_mark_where_the_lead_in_repeats_the_subject(chat_tokenizer):
     fact = question_fact()
     lead_in = chat_tokenizer(" Well, Marie Curie is famous for", add_special_tokens=False).input_ids
-    plain = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=True, lead_in=lead_in)
+    plain = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=True, lead_ins=[lead_in])
     assert all(row.echoes == () for row in plain)
     echoing = dataclasses.replace(SETTINGS, lead_in_echoes=True)
-    rows = fact_rows(0, fact, chat_tokenizer, echoing, with_targets=True, lead_in=lead_in)
+    rows = fact_rows(0, fact, chat_tokenizer, echoing, with_targets=True, lead_ins=[lead_in])
     lead_row = rows[3]
     assert [r.ids for r in rows] == [r.ids for r in plain]
     (echo,) = lead_row.echoes
@@ -95,10 +99,24 @@ def test_lead_ins_are_cuts_of_the_models_own_answer(open_engine):
     prompts = [encode_chat_prompt(tok, chat_prompt(tok, f.question)) for f in asked]
     continued = greedy_token_continuations(model, tok, prompts, 12)
     assert lead_ins[-1] == []
-    for lead_in, answer in zip(lead_ins, continued):
-        assert lead_in == answer[:len(lead_in)]
+    for fact_lead_ins, answer in zip(lead_ins, continued):
+        assert len(fact_lead_ins) <= 1
+        for lead_in in fact_lead_ins:
+            assert lead_in == answer[:len(lead_in)]
     assert [tok.decode(ids).strip() for ids in continued] == answers(model, tok, [f.question for f in asked], 12)
     assert any(lead_ins[:-1]), "the sharp tiny model should restate something before some object"
+
+    ask = "Answer in a complete sentence: {}"
+    both = answer_lead_ins(model, tok, facts, "", max_tokens=12, asks=("{}", ask), min_tokens=1)
+    reworded = greedy_token_continuations(
+        model, tok, [encode_chat_prompt(tok, chat_prompt(tok, ask.format(f.question))) for f in asked], 12)
+    assert both[-1] == []
+    for fact_lead_ins, plain, answer, other in zip(both, lead_ins, continued, reworded):
+        assert fact_lead_ins[:len(plain)] == plain                # the question's own lead-in comes first
+        assert len(fact_lead_ins) == len(set(map(tuple, fact_lead_ins))) <= 2
+        for lead_in in fact_lead_ins[len(plain):]:
+            assert lead_in == other[:len(lead_in)]                 # a cut of the reworded request's answer
+    assert sum(map(len, both)) > sum(map(len, lead_ins)), "the second way of asking should add a lead-in"
 
 
 def _running_nll(model, tok, fact, lead_in, chat_answer: bool = False) -> float:
@@ -113,15 +131,22 @@ def _running_nll(model, tok, fact, lead_in, chat_answer: bool = False) -> float:
     return -float(sum(logprobs[start - 1 + i, token] for i, token in enumerate(running))) / len(running)
 
 
-@pytest.mark.parametrize("echoes", [False, True])
-def test_an_edit_with_lead_ins_makes_the_object_follow_them(open_engine, new_fact, inspect, echoes):
-    editor = open_engine("sharp-llama", lead_in_tokens=8, lead_in_echoes=echoes, steps=40, stop_probability=0.99)
+@pytest.mark.parametrize("echoes, asks", [(False, ["{}"]), (True, ["{}"]), (False, ["{}", "In one sentence: {}"])])
+def test_an_edit_with_lead_ins_makes_the_object_follow_them(open_engine, new_fact, inspect, echoes, asks):
+    editor = open_engine("sharp-llama", lead_in_tokens=8, lead_in_echoes=echoes, lead_in_asks=asks, steps=40,
+                         stop_probability=0.99)
     facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
-    lead_ins = answer_lead_ins(editor.model, editor.tokenizer, facts, "", 8, min_tokens=1)
-    before = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in zip(facts, lead_ins)]
+    lead_ins = answer_lead_ins(editor.model, editor.tokenizer, facts, "", 8, tuple(asks), min_tokens=1)
+    pairs = [(fact, lead_in) for fact, fact_lead_ins in zip(facts, lead_ins) for lead_in in fact_lead_ins or [[]]]
+    assert len(pairs) >= len(facts) + len(asks) - 1
+    before = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in pairs]
     editor.apply(facts)
-    after = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in zip(facts, lead_ins)]
-    assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
+    after = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in pairs]
+    if len(asks) == 1:
+        assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
+    else:   # the tiny model cannot fit every form in 40 steps: the mean falls, and most lead-ins
+        assert sum(after) < sum(before) - len(pairs), (before, after)
+        assert sum(a < b - 1.0 for a, b in zip(after, before)) > len(pairs) / 2, (before, after)
     for name, tensor in inspect.sums_of_active_edits(editor).items():
         assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
 
@@ -158,7 +183,7 @@ def test_targets_are_optimised_with_the_delta_at_the_lead_ins_echoes_too(open_en
     facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
     settings = PromptSettings(context_prefixes=("",), lead_in_echoes=True)
     rows = [row for i, f in enumerate(facts) for row in
-            fact_rows(i, f, tok, settings, True, tok(f" Well, {f.subject} does", add_special_tokens=False).input_ids)]
+            fact_rows(i, f, tok, settings, True, [tok(f" Well, {f.subject} does", add_special_tokens=False).input_ids])]
     assert all(len(row.echoes) == 1 for row in rows if row.echoes) and sum(bool(r.echoes) for r in rows) == 2
     train = collate(rows, tok.pad_token_id, torch.device("cpu"))
     kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
