@@ -9,9 +9,9 @@ object is then also trained after that lead-in (prompts.fact_rows).
 
 The question can be put in more than one way (``asks``: "{}" is the question itself,
 "Answer in a complete sentence: {}" another). Each way draws another restatement from
-the model, and each distinct one becomes a lead-in after the question as given: a
-rephrased question is answered with a restatement the edit has not seen, so the more
-restatements it is trained after, the likelier it carries.
+the model, and each distinct one becomes a lead-in after the question as given. Measured
+on 32 QAEdit questions, three ways did not raise rephrased answers and took twice the time
+(benchmarks/RESULTS.md), so the default is the question alone.
 """
 
 from __future__ import annotations

@@ -184,11 +184,11 @@ def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_
         ids, subject_pos = encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
         target = target_ids(tokenizer, fact, chat, settings.end_chat_answer) if with_targets else []
         rows.append(Row(index, ids + target, subject_pos, len(target)))
-        if chat and with_targets:
+        if chat and with_targets and lead_ins:
             running = target_ids(tokenizer, fact, chat=False)
+            spellings = subject_spellings(tokenizer, fact.subject) if settings.lead_in_echoes else []
             for lead_in in lead_ins:
-                echoes = (subject_echoes(list(lead_in), subject_spellings(tokenizer, fact.subject))
-                          if settings.lead_in_echoes else [])
+                echoes = subject_echoes(list(lead_in), spellings) if spellings else []
                 rows.append(Row(index, ids + list(lead_in) + running, subject_pos, len(running),
                                 tuple(len(ids) + i for i in echoes)))
             lead_ins = ()
