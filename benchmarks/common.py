@@ -10,14 +10,10 @@ from pathlib import Path
 from assistant.config import Config, load_config, with_overrides
 from assistant.bench import environment as bench_environment
 from assistant.bench import write_json  # noqa: F401  (the scripts' one writer of results)
-from assistant.datasets import EDIT_FILES, load_edit_facts
+from assistant.datasets import load_edit_facts
 from assistant.facts import Fact
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def data_file(config: Config, name: str) -> Path:
-    return config.paths.shared_data_dir() / EDIT_FILES[name]
 
 
 def load_slice(config: Config, name: str, start: int, count: int) -> list[Fact]:

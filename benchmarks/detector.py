@@ -16,7 +16,6 @@ fixed thresholds and at the best one.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import tempfile
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import torch
 
+from assistant.datasets import edit_records
 from assistant.metrics import answer_contains
 from assistant.model_loading import load_model
-from benchmarks.common import configured, data_file, environment, write_json
+from benchmarks.common import configured, environment, write_json
 from updater.checks import CheckLog
 from updater.detector import Detector, DetectorSettings
 from updater.probing import first_line, teacher_forced
@@ -39,7 +39,7 @@ THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 def curated_records(config, start: int, count: int) -> tuple[list[dict], dict[str, str]]:
     """Our records for CounterFact cases: true object on even cases, counterfactual on odd ones."""
-    cases = json.loads(data_file(config, "counterfact").read_text(encoding="utf-8"))[start:start + count]
+    cases = edit_records(config.paths.shared_data_dir(), "counterfact")[start:start + count]
     records, kinds = [], {}
     for i, case in enumerate(cases):
         kind = "true" if i % 2 == 0 else "counterfactual"

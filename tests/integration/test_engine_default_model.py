@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from assistant.engine import open_editor
 from assistant.facts import fact_from_record, make_fact
 from assistant.metrics import answer_contains, completion_nll
-from benchmarks.common import data_file
+from assistant.datasets import edit_records
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ ASKED = make_fact(id="darrieux-tongue", subject="Danielle Darrieux", prompt="The
 @pytest.fixture(scope="module")
 def edited(real_config, load_real_model, tmp_path_factory):
     """Ten CounterFact facts (records 1-10) plus one fact with a question, edited with d4s."""
-    records = json.loads(data_file(real_config, "counterfact").read_text())[1:11]
+    records = edit_records(real_config.paths.shared_data_dir(), "counterfact")[1:11]
     facts = [fact_from_record(record) for record in records]
     state = tmp_path_factory.mktemp("d4s-state")
     editor = open_editor(real_config, state_dir=state, method="d4s", loaded=load_real_model(), progress=False)

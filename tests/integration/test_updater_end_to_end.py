@@ -19,7 +19,7 @@ import torch
 
 from assistant.cli import main
 from assistant.config import load_config
-from benchmarks.common import data_file
+from assistant.datasets import edit_records
 from updater.checks import CheckLog
 from updater.queue import EditQueue
 
@@ -60,7 +60,7 @@ def outdated_facts(config) -> set[str]:
 
 
 def test_detect_approve_apply_and_detect_again(updater_home, real_config, tmp_path, capsys):
-    records = json.loads(data_file(real_config, "counterfact").read_text(encoding="utf-8"))[:COUNT]
+    records = edit_records(real_config.paths.shared_data_dir(), "counterfact")[:COUNT]
     facts_file = tmp_path / "counterfact-30.json"
     facts_file.write_text(json.dumps(records), encoding="utf-8")
     assert "30 added" in livedit(capsys, "facts", "import", str(facts_file), "--who", "test")
