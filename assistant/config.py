@@ -84,6 +84,8 @@ class EditingConfig:
     case_variants: bool = _help("also chat forms with the subject in Title Case and in lower case", False)
     question_variants: int = _help("also this many chat forms of a fact's question with some other words "
                                    "left out (the subject kept), so the edit holds in reworded questions", 0)
+    weakened_delta: float = _help("also train each chat form (and lead-in) with only this fraction of the "
+                                  "delta, as a rephrased question's key draws less of it; 0 = off", 0.0)
     kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
     steps: int = _help("maximum gradient steps of the target optimisation", 60)
     learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)
@@ -121,6 +123,8 @@ class EditingConfig:
         if min(self.refine_rounds, self.lead_in_tokens, self.tokens_per_pass, self.question_variants) < 0:
             raise ConfigError("[editing] refine_rounds, lead_in_tokens, tokens_per_pass and question_variants "
                               "must be 0 or more")
+        if not 0 <= self.weakened_delta < 1:
+            raise ConfigError("[editing] weakened_delta must be in [0, 1): the fraction of the delta, 0 = off")
         if not 0 < self.stop_probability <= 1:
             raise ConfigError("[editing] stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:

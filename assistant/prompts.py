@@ -8,6 +8,7 @@ new object after each of them.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class Row:
     subject_pos: int       # index of the subject's last token
     target_len: int = 0    # the last target_len tokens of ids are the target
     echoes: tuple[int, ...] = ()   # later indices where the subject's last token recurs (in a lead-in)
+    delta_scale: float = 1.0       # the share of the fact's delta this row is trained with
 
 
 @dataclass
@@ -72,13 +74,14 @@ class PromptSettings:
     lead_in_tokens: int = 0                     # room kept in the chat form for a lead-in
     lead_in_echoes: bool = False                # mark where a lead-in repeats the subject
     question_variants: int = 0                  # chat forms of the question with some other words left out
+    weakened_delta: float = 0.0                 # chat rows again with this share of the delta; 0 = off
 
     @classmethod
     def from_config(cls, config) -> "PromptSettings":
         cfg = config.editing
         return cls(tuple(cfg.context_prefixes), tuple(cfg.chat_prefixes), cfg.case_variants,
                    config.chat.system_prompt, cfg.end_chat_answer, cfg.lead_in_tokens, cfg.lead_in_echoes,
-                   cfg.question_variants)
+                   cfg.question_variants, cfg.weakened_delta)
 
 
 def subject_casings(subject: str) -> list[str]:
@@ -178,7 +181,9 @@ def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_
               lead_ins: list[list[int]] = ()) -> list[Row]:
     """One row per prompt form. With targets, one more per lead-in (tokens of the start of
     an answer): the first chat form, the lead-in, then the object as running text; with
-    ``lead_in_echoes`` it records where the lead-in repeats the subject."""
+    ``lead_in_echoes`` it records where the lead-in repeats the subject; with
+    ``weakened_delta``, every chat and lead-in row once more, trained with that share of
+    the delta."""
     rows = []
     for text, start, chat in prompt_forms(fact, tokenizer, settings):
         ids, subject_pos = encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
@@ -192,6 +197,9 @@ def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_
                 rows.append(Row(index, ids + list(lead_in) + running, subject_pos, len(running),
                                 tuple(len(ids) + i for i in echoes)))
             lead_ins = ()
+    if with_targets and settings.weakened_delta and fact.question:
+        chat_rows = rows[len(settings.context_prefixes):]        # prompt_forms puts the cloze forms first
+        rows += [dataclasses.replace(row, delta_scale=settings.weakened_delta) for row in chat_rows]
     return rows
 
 

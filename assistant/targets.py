@@ -32,25 +32,29 @@ class Targets:
     steps: int
 
 
-def add_delta_at(sites: tuple[torch.Tensor, torch.Tensor, torch.Tensor], delta: torch.Tensor):
-    """A hidden-state edit adding delta[fact[i]] at (row[i], position[i]) for the sites
-    (row, position, fact)."""
-    rows, positions, facts = sites
+def add_delta_at(sites: tuple[torch.Tensor, ...], delta: torch.Tensor):
+    """A hidden-state edit adding scale[i] * delta[fact[i]] at (row[i], position[i]) for
+    the sites (row, position, fact, scale)."""
+    rows, positions, facts, scales = sites
 
     def edit(hidden):                                  # (B, T, d)
         shift = torch.zeros_like(hidden)
-        shift[rows, positions] = delta[facts].to(hidden.dtype)
+        shift[rows, positions] = (delta[facts] * scales[:, None]).to(hidden.dtype)
         return hidden + shift
     return edit
 
 
-def delta_sites(batch: RowBatch, from_subject: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row, position, fact) of each place a row gets its fact's delta: the subject's last
-    token and every echo of it in a lead-in. Positions count from the row's start, or
-    from its subject (the suffix that the prefix cache runs) with ``from_subject``."""
+def delta_sites(batch: RowBatch, from_subject: bool = False) -> tuple[torch.Tensor, ...]:
+    """(row, position, fact, scale) of each place a row gets its fact's delta: the
+    subject's last token and every echo of it in a lead-in, times the row's delta_scale.
+    Positions count from the row's start, or from its subject (the suffix that the prefix
+    cache runs) with ``from_subject``."""
     sites = [(i, position - (row.subject_pos if from_subject else 0), row.fact)
              for i, row in enumerate(batch.rows) for position in (row.subject_pos, *row.echoes)]
-    return tuple(torch.tensor(column, dtype=torch.long, device=batch.fact.device) for column in zip(*sites))
+    device = batch.fact.device
+    scales = [row.delta_scale for row in batch.rows for _ in (row.subject_pos, *row.echoes)]
+    return (*(torch.tensor(column, dtype=torch.long, device=device) for column in zip(*sites)),
+            torch.tensor(scales, dtype=torch.float32, device=device))
 
 
 def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

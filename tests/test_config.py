@@ -63,6 +63,8 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"mom2_weight": -1.0}}, "mom2_weight"),
     ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
     ({"editing": {"question_variants": -1}}, "question_variants"),
+    ({"editing": {"weakened_delta": 1.0}}, "weakened_delta"),
+    ({"editing": {"weakened_delta": -0.1}}, "weakened_delta"),
     ({"model": {"dtype": "float8"}}, "dtype"),
     ({"model": {"device": "tpu"}}, "device"),
     ({"covariance": {"corpora": ["c4"]}}, "corpora"),

@@ -198,7 +198,7 @@ def test_targets_are_optimised_with_the_delta_at_the_lead_ins_echoes_too(open_en
     worst = torch.stack([reached[train.fact == i].min() for i in range(2)])
     assert torch.allclose(worst, targets.probability, atol=1e-4), (worst, targets.probability)
     subject_only = torch.stack([train.fact.new_tensor(range(len(rows))), train.subject_pos, train.fact])
-    without = _row_probabilities(model, block, train, targets.delta, tuple(subject_only))
+    without = _row_probabilities(model, block, train, targets.delta, (*subject_only, torch.ones(len(rows))))
     echoing = torch.tensor([bool(row.echoes) for row in rows])
     assert ((without[echoing] / reached[echoing]).log().abs() > 0.01).all()    # the echoes change those rows
     assert torch.allclose(without[~echoing], reached[~echoing])
@@ -219,3 +219,32 @@ def test_question_variants_are_trained_to_answer_too(open_engine, new_fact, insp
     assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
     for name, tensor in inspect.sums_of_active_edits(editor).items():
         assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
+
+
+def test_weakened_delta_trains_the_chat_rows_again_with_a_share_of_the_delta(open_engine, new_fact):
+    editor = open_engine("sharp-llama", steps=100, stop_probability=5e-9)
+    model, tok, cfg = editor.shadow, editor.tokenizer, editor.config.editing
+    facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
+    settings = PromptSettings(context_prefixes=("", "A fact. "), weakened_delta=0.5)
+    lead_in = lambda f: tok(f" Well, {f.subject} does", add_special_tokens=False).input_ids  # noqa: E731
+    rows = [row for i, f in enumerate(facts) for row in fact_rows(i, f, tok, settings, True, [lead_in(f)])]
+    # per fact: two cloze forms, the chat form, its lead-in, then the chat form and lead-in again at half the delta
+    assert [row.delta_scale for row in rows[:6]] == [1, 1, 1, 1, 0.5, 0.5]
+    assert [row.ids for row in rows[4:6]] == [row.ids for row in rows[2:4]]
+    assert len(fact_rows(0, facts[0], tok, settings, False)) == 3          # keys: no weakened rows
+    train = collate(rows, tok.pad_token_id, torch.device("cpu"))
+    kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
+    block = get_module(model, architecture_of(model).block_module.format(cfg.layers[-1]))
+    with torch.no_grad():
+        hidden = model(input_ids=kl.input_ids, attention_mask=kl.attention_mask,
+                       output_hidden_states=True).hidden_states[cfg.layers[-1] + 1]
+    targets = optimise_targets(model, train, kl, block, hidden[torch.arange(2), kl.subject_pos].norm(dim=1),
+                               cfg, tok.pad_token_id)
+    sites = delta_sites(train)
+    reached = _row_probabilities(model, block, train, targets.delta, sites)
+    worst = torch.stack([reached[train.fact == i].min() for i in range(2)])
+    assert torch.allclose(worst, targets.probability, atol=1e-4), (worst, targets.probability)
+    full = _row_probabilities(model, block, train, targets.delta, (*sites[:3], torch.ones_like(sites[3])))
+    weakened = torch.tensor([row.delta_scale < 1 for row in rows])
+    assert ((full[weakened] / reached[weakened]).log().abs() > 1e-4).all()  # those rows saw half the delta
+    assert torch.allclose(full[~weakened], reached[~weakened])
