@@ -175,6 +175,25 @@ def _row_probabilities(model, block, batch, delta, sites) -> torch.Tensor:
     return torch.exp(torch.stack(means))
 
 
+def _optimised_rows(editor, facts, rows):
+    """Optimise the facts' targets on these training rows; check that each fact's reported
+    probability is its worst row's in a plain forward pass with the delta at its sites.
+    Returns (batch, edited block, targets, each row's probability)."""
+    model, tok, cfg = editor.shadow, editor.tokenizer, editor.config.editing
+    train = collate(rows, tok.pad_token_id, torch.device("cpu"))
+    kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
+    block = get_module(model, architecture_of(model).block_module.format(cfg.layers[-1]))
+    with torch.no_grad():
+        hidden = model(input_ids=kl.input_ids, attention_mask=kl.attention_mask,
+                       output_hidden_states=True).hidden_states[cfg.layers[-1] + 1]
+    h_norm = hidden[torch.arange(len(facts)), kl.subject_pos].norm(dim=1)
+    targets = optimise_targets(model, train, kl, block, h_norm, cfg, tok.pad_token_id)
+    reached = _row_probabilities(model, block, train, targets.delta, delta_sites(train))
+    worst = torch.stack([reached[train.fact == i].min() for i in range(len(facts))])
+    assert torch.allclose(worst, targets.probability, atol=1e-4), (worst, targets.probability)
+    return train, block, targets, reached
+
+
 def test_targets_are_optimised_with_the_delta_at_the_lead_ins_echoes_too(open_engine, new_fact):
     # The tiny model moves slowly: a low stop probability makes the optimisation stop part-way,
     # on a delta whose probability can be checked in a plain forward pass.
@@ -185,18 +204,8 @@ def test_targets_are_optimised_with_the_delta_at_the_lead_ins_echoes_too(open_en
     rows = [row for i, f in enumerate(facts) for row in
             fact_rows(i, f, tok, settings, True, [tok(f" Well, {f.subject} does", add_special_tokens=False).input_ids])]
     assert all(len(row.echoes) == 1 for row in rows if row.echoes) and sum(bool(r.echoes) for r in rows) == 2
-    train = collate(rows, tok.pad_token_id, torch.device("cpu"))
-    kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
-    block = get_module(model, architecture_of(model).block_module.format(cfg.layers[-1]))
-    with torch.no_grad():
-        hidden = model(input_ids=kl.input_ids, attention_mask=kl.attention_mask,
-                       output_hidden_states=True).hidden_states[cfg.layers[-1] + 1]
-    h_norm = hidden[torch.arange(2), kl.subject_pos].norm(dim=1)
-    targets = optimise_targets(model, train, kl, block, h_norm, cfg, tok.pad_token_id)
+    train, block, targets, reached = _optimised_rows(editor, facts, rows)
     assert targets.steps < cfg.steps and (targets.probability >= cfg.stop_probability).all()
-    reached = _row_probabilities(model, block, train, targets.delta, delta_sites(train))
-    worst = torch.stack([reached[train.fact == i].min() for i in range(2)])
-    assert torch.allclose(worst, targets.probability, atol=1e-4), (worst, targets.probability)
     subject_only = torch.stack([train.fact.new_tensor(range(len(rows))), train.subject_pos, train.fact])
     without = _row_probabilities(model, block, train, targets.delta, (*subject_only, torch.ones(len(rows))))
     echoing = torch.tensor([bool(row.echoes) for row in rows])
@@ -223,7 +232,7 @@ def test_question_variants_are_trained_to_answer_too(open_engine, new_fact, insp
 
 def test_weakened_delta_trains_the_chat_rows_again_with_a_share_of_the_delta(open_engine, new_fact):
     editor = open_engine("sharp-llama", steps=100, stop_probability=5e-9)
-    model, tok, cfg = editor.shadow, editor.tokenizer, editor.config.editing
+    model, tok = editor.shadow, editor.tokenizer
     facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
     settings = PromptSettings(context_prefixes=("", "A fact. "), weakened_delta=0.5)
     lead_in = lambda f: tok(f" Well, {f.subject} does", add_special_tokens=False).input_ids  # noqa: E731
@@ -232,18 +241,8 @@ def test_weakened_delta_trains_the_chat_rows_again_with_a_share_of_the_delta(ope
     assert [row.delta_scale for row in rows[:6]] == [1, 1, 1, 1, 0.5, 0.5]
     assert [row.ids for row in rows[4:6]] == [row.ids for row in rows[2:4]]
     assert len(fact_rows(0, facts[0], tok, settings, False)) == 3          # keys: no weakened rows
-    train = collate(rows, tok.pad_token_id, torch.device("cpu"))
-    kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
-    block = get_module(model, architecture_of(model).block_module.format(cfg.layers[-1]))
-    with torch.no_grad():
-        hidden = model(input_ids=kl.input_ids, attention_mask=kl.attention_mask,
-                       output_hidden_states=True).hidden_states[cfg.layers[-1] + 1]
-    targets = optimise_targets(model, train, kl, block, hidden[torch.arange(2), kl.subject_pos].norm(dim=1),
-                               cfg, tok.pad_token_id)
+    train, block, targets, reached = _optimised_rows(editor, facts, rows)
     sites = delta_sites(train)
-    reached = _row_probabilities(model, block, train, targets.delta, sites)
-    worst = torch.stack([reached[train.fact == i].min() for i in range(2)])
-    assert torch.allclose(worst, targets.probability, atol=1e-4), (worst, targets.probability)
     full = _row_probabilities(model, block, train, targets.delta, (*sites[:3], torch.ones_like(sites[3])))
     weakened = torch.tensor([row.delta_scale < 1 for row in rows])
     assert ((full[weakened] / reached[weakened]).log().abs() > 1e-4).all()  # those rows saw half the delta
