@@ -31,6 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = configured(args.set)
+    started_in = environment()                  # the commit the run starts from, not the one at its end
     facts = load_slice(config, args.data, args.start, args.count)
     editor = open_editor(config, state_dir=args.state_dir)
     tok, system, length = editor.tokenizer, config.chat.system_prompt, args.max_new_tokens
@@ -50,7 +51,7 @@ def main() -> None:
     after = chat_scores(editor.model, tok, facts, length, system, locality_before=locality_before)
     write_json(args.out, {
         "data": args.data, "start": args.start, "count": len(facts), "method": editor.method,
-        "config": dataclasses.asdict(config.editing), "environment": environment(),
+        "config": dataclasses.asdict(config.editing), "environment": started_in,
         "seconds_per_edit": seconds / len(facts),
         "target_probability_mean": sum(report.probabilities) / len(report.probabilities) if report else None,
         "evaluated_only": args.evaluate_only, "max_new_tokens": length,
