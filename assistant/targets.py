@@ -49,12 +49,11 @@ def delta_sites(batch: RowBatch, from_subject: bool = False) -> tuple[torch.Tens
     subject's last token and every echo of it in a lead-in, times the row's delta_scale.
     Positions count from the row's start, or from its subject (the suffix that the prefix
     cache runs) with ``from_subject``."""
-    sites = [(i, position - (row.subject_pos if from_subject else 0), row.fact)
+    sites = [(i, position - (row.subject_pos if from_subject else 0), row.fact, row.delta_scale)
              for i, row in enumerate(batch.rows) for position in (row.subject_pos, *row.echoes)]
-    device = batch.fact.device
-    scales = [row.delta_scale for row in batch.rows for _ in (row.subject_pos, *row.echoes)]
-    return (*(torch.tensor(column, dtype=torch.long, device=device) for column in zip(*sites)),
-            torch.tensor(scales, dtype=torch.float32, device=device))
+    rows, positions, facts, scales = zip(*sites)
+    as_tensor = lambda values, dtype=torch.long: torch.tensor(values, dtype=dtype, device=batch.fact.device)  # noqa: E731
+    return as_tensor(rows), as_tensor(positions), as_tensor(facts), as_tensor(scales, torch.float32)
 
 
 def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

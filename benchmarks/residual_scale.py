@@ -34,6 +34,7 @@ def main() -> None:
     common_arguments(parser)
     args = parser.parse_args()
     config = configured(args.set)
+    started_in = environment()
     editor = open_editor(config, state_dir=args.state_dir)
     if editor.method != "d4s":
         parser.error(f"{args.state_dir} holds {editor.method} edits; this probe scales d4s sums")
@@ -54,7 +55,7 @@ def main() -> None:
         print(f"scale {scale:.2f}: efficacy {scores.efficacy:.2f}, paraphrase {scores.paraphrase:.2f}, "
               f"locality {scores.locality:.2f}, largest L1 growth {max(growth.values()):.1%}")
     write_json(args.out, {"data": "qaedit", "start": args.start, "count": len(facts), "state_dir": str(args.state_dir),
-                          "environment": environment(), "scales": rows})
+                          "environment": started_in, "scales": rows})
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from assistant.datasets import edit_records
 from assistant.engine import open_editor
 from assistant.facts import fact_from_record, make_fact
 from assistant.metrics import answer_contains, completion_nll
-from assistant.datasets import edit_records
 
 pytestmark = pytest.mark.integration
 
