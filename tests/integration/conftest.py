@@ -18,14 +18,19 @@ TEST_HOME = Path(os.environ.get("LIVEDIT_TEST_HOME", PROJECT_ROOT / ".livedit-te
 
 @pytest.fixture(scope="session")
 def real_config():
-    """The project's config.toml with the test home; the real shared data sets must be there."""
-    config = load_config(PROJECT_ROOT / "config.toml").replace("paths", home=str(TEST_HOME))
-    shared = config.paths.shared_data_dir()
+    config = load_config(PROJECT_ROOT / "config.toml")
+    return config.replace("paths", home=str(TEST_HOME))
+
+
+@pytest.fixture(scope="session")
+def real_shared_data(real_config) -> Path:
+    """The real shared data sets (CounterFact, the text corpora) that editing tests need."""
+    shared = real_config.paths.shared_data_dir()
     if not shared.is_dir():
-        pytest.fail(f"the shared data sets are not at {shared}: the end-to-end tests read CounterFact and the "
-                    "text corpora from there. Put ../shared/data beside the checkout, or set LIVEDIT_SHARED_DATA "
-                    "to the folder that holds them.", pytrace=False)
-    return config
+        pytest.fail(f"the shared data sets are not at {shared}: the end-to-end editing tests read CounterFact and "
+                    "the text corpora from there. Put ../shared/data beside the checkout, or set "
+                    "LIVEDIT_SHARED_DATA to the folder that holds them.", pytrace=False)
+    return shared
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from assistant.config import PROJECT_ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_bench_edits_mqd_questions_and_reports(cli_env, tmp_path):
+def test_bench_edits_mqd_questions_and_reports(cli_env, real_shared_data, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "assistant.cli", "-q", "--state-dir", str(tmp_path / "state"), "bench",
                "--method", "d4s", "--dataset", "mqd-yesno", "--count", "4", "--batch-size", "4", "--every", "4",

@@ -22,9 +22,9 @@ ASKED = make_fact(id="darrieux-tongue", subject="Danielle Darrieux", prompt="The
 
 
 @pytest.fixture(scope="module")
-def edited(real_config, load_real_model, tmp_path_factory):
+def edited(real_config, real_shared_data, load_real_model, tmp_path_factory):
     """Ten CounterFact facts (records 1-10) plus one fact with a question, edited with d4s."""
-    records = edit_records(real_config.paths.shared_data_dir(), "counterfact")[1:11]
+    records = edit_records(real_shared_data, "counterfact")[1:11]
     facts = [fact_from_record(record) for record in records]
     state = tmp_path_factory.mktemp("d4s-state")
     editor = open_editor(real_config, state_dir=state, method="d4s", loaded=load_real_model(), progress=False)

@@ -59,8 +59,8 @@ def outdated_facts(config) -> set[str]:
         return {fact_id for fact_id, check in checks.latest().items() if check.outdated}
 
 
-def test_detect_approve_apply_and_detect_again(updater_home, real_config, tmp_path, capsys):
-    records = edit_records(real_config.paths.shared_data_dir(), "counterfact")[:COUNT]
+def test_detect_approve_apply_and_detect_again(updater_home, real_shared_data, tmp_path, capsys):
+    records = edit_records(real_shared_data, "counterfact")[:COUNT]
     facts_file = tmp_path / "counterfact-30.json"
     facts_file.write_text(json.dumps(records), encoding="utf-8")
     assert "30 added" in livedit(capsys, "facts", "import", str(facts_file), "--who", "test")
