@@ -77,6 +77,8 @@ class CovarianceConfig:
 class EditingConfig:
     method: str = _help("d4s, memit-seq or memit", "d4s")
     layers: list = _help("edited layer indices, ascending", [3, 4, 5, 6, 7])
+    chat_layers: list = _help("edited layer indices for facts that carry a question (chat edits), "
+                              "ascending; [] = the same as layers", [])
     mom2_weight: float = _help("lambda: weight of the covariance term", 150.0)
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. "])
@@ -111,11 +113,8 @@ class EditingConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"[editing] method = {self.method!r}: use one of {', '.join(METHODS)}")
-        layers = list(self.layers)
-        if any(not isinstance(layer, int) or isinstance(layer, bool) for layer in layers):
-            raise ConfigError(f"[editing] layers = {layers}: every layer must be an integer index")
-        if not layers or layers != sorted(set(layers)) or min(layers) < 0:
-            raise ConfigError(f"[editing] layers = {layers}: give distinct, ascending, non-negative indices")
+        _check_layer_list("layers", list(self.layers), may_be_empty=False)
+        _check_layer_list("chat_layers", list(self.chat_layers), may_be_empty=True)
         if self.mom2_weight <= 0:
             raise ConfigError("[editing] mom2_weight (lambda) must be positive")
         if self.batch_size < 1 or self.steps < 1:
@@ -138,6 +137,22 @@ class EditingConfig:
                               'question goes (use ["{}"] for the question itself)')
         if not self.context_prefixes:
             raise ConfigError('[editing] context_prefixes needs at least one entry (use [""] for none)')
+
+    @property
+    def all_layers(self) -> list[int]:
+        """Every layer some fact may edit: layers and chat_layers together, ascending."""
+        return sorted({*self.layers, *self.chat_layers})
+
+    def window(self, has_question: bool) -> list[int]:
+        """The layers a fact edits: chat_layers when it carries a question (and they are set)."""
+        return list(self.chat_layers) if has_question and self.chat_layers else list(self.layers)
+
+
+def _check_layer_list(key: str, layers: list, may_be_empty: bool) -> None:
+    if any(not isinstance(layer, int) or isinstance(layer, bool) for layer in layers):
+        raise ConfigError(f"[editing] {key} = {layers}: every layer must be an integer index")
+    if (not layers and not may_be_empty) or layers != sorted(set(layers)) or (layers and min(layers) < 0):
+        raise ConfigError(f"[editing] {key} = {layers}: give distinct, ascending, non-negative indices")
 
 
 @dataclass(frozen=True)

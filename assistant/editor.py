@@ -59,7 +59,7 @@ class Editor:
         self.config, self.ledger, self.sums, self.sums_dir = config, ledger, sums, sums_dir
         self.C = covariances
         self.arch = architecture_of(self.model)
-        self.layers = list(config.editing.layers)
+        self.layers = config.editing.all_layers          # every layer some fact may edit
         self.names = {layer: self.arch.edited_module.format(layer) for layer in self.layers}
         self.lock = threading.RLock()           # held by chat generation and by weight swaps
         self.W0 = {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
@@ -148,6 +148,8 @@ class Editor:
         return report
 
     def _apply_batch(self, facts: list[Fact]) -> tuple[list[int], list[int], list[float]]:
+        """Edit the batch and commit it once. Facts with a question edit [editing] chat_layers
+        and the others layers: one pass of _edit_batch per window, on the same sums."""
         sums = self.sums.copy()
         ended = {}
         for fact in facts:
@@ -160,7 +162,13 @@ class Editor:
             if ended and self.method == "d4s":
                 for layer, W in self.weights_from(sums).items():
                     self._set_weight(self.shadow, layer, W)
-            new_edits = self._edit_batch(facts, sums)
+            by_window: dict[tuple[int, ...], list[Fact]] = {}
+            for fact in facts:
+                by_window.setdefault(tuple(self.config.editing.window(bool(fact.question))), []).append(fact)
+            new_edits = {}
+            for window, chosen in by_window.items():
+                new_edits.update(zip((f.id for f in chosen), self._edit_batch(chosen, sums, list(window))))
+            new_edits = [new_edits[f.id] for f in facts]
             ids = self._commit(sums, new_edits, ended, f"edit {len(facts)} fact(s) with {self.method}")
         except BaseException:
             self._restore_shadow()
@@ -175,8 +183,8 @@ class Editor:
         for layer in self.layers:
             self._set_weight(self.shadow, layer, self._weight(self.model, layer).detach())
 
-    def _edit_batch(self, facts: list[Fact], sums: EditSums) -> list[NewEdit]:
-        """Measure keys and targets on the shadow, solve layer by layer (MEMIT's spread),
+    def _edit_batch(self, facts: list[Fact], sums: EditSums, layers: list[int]) -> list[NewEdit]:
+        """Measure keys and targets on the shadow, solve ``layers`` one by one (MEMIT's spread),
         then, for ``refine_rounds``, re-check every fact on the edited shadow and raise the
         residuals of those still below the stop probability."""
         cfg, tok = self.config.editing, self.tokenizer
@@ -196,18 +204,18 @@ class Editor:
                      f"; {sum(bool(row.echoes) for row in train)} repeat the subject" if cfg.lead_in_echoes else "")
         pad = tok.pad_token_id
         key_batch, train_batch, kl_batch = (collate(part, pad, device) for part in (key_rows, train, kl_rows))
-        last_block = get_module(self.shadow, self.arch.block_module.format(self.layers[-1]))
+        last_block = get_module(self.shadow, self.arch.block_module.format(layers[-1]))
         edited = lambda layer: get_module(self.shadow, self.names[layer])  # noqa: E731
 
         measure = lambda layer: keys_and_hidden(self.shadow, key_batch, n, edited(layer), last_block,  # noqa: E731
                                                 cfg.key_mode == "per_form")
-        first = measure(self.layers[0])
+        first = measure(layers[0])
         K, H, owner = first
         h_norm = average_by_fact(H.norm(dim=0)[:, None], owner, n)[:, 0].float()
         targets = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
-        fraction = realised_fraction(K, self.C[self.layers[0]], cfg.mom2_weight, sums.T(self.layers[0]))
+        fraction = realised_fraction(K, self.C[layers[0]], cfg.mom2_weight, sums.T(layers[0]))
         fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
-        keys, residuals = self._solve_layers(targets.delta, first, sums, measure)
+        keys, residuals = self._solve_layers(layers, targets.delta, first, sums, measure)
         probability = targets.probability
         for _ in range(cfg.refine_rounds):
             more = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
@@ -216,11 +224,11 @@ class Editor:
             if not behind.any():
                 break
             log.info("refining %d of %d fact(s) below P = %.2f", int(behind.sum()), n, cfg.stop_probability)
-            _, extra = self._solve_layers(more.delta, measure(self.layers[0]), sums, measure, keys, behind)
-            for layer in self.layers:
+            _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, measure, keys, behind)
+            for layer in layers:
                 residuals[layer] = residuals[layer] + extra[layer]
         vectors = [{layer: (keys[layer][:, owner == i].clone(), residuals[layer][:, owner == i].clone())
-                    for layer in self.layers} for i in range(n)]
+                    for layer in layers} for i in range(n)]
         return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
 
     def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor):
@@ -231,7 +239,7 @@ class Editor:
             raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")
         return targets
 
-    def _solve_layers(self, delta: torch.Tensor, first: tuple, sums: EditSums, measure,
+    def _solve_layers(self, layers: list[int], delta: torch.Tensor, first: tuple, sums: EditSums, measure,
                       known_keys: dict[int, torch.Tensor] | None = None, only: torch.Tensor | None = None):
         """Move the last edited block's output at each key toward Z = H + delta, spreading
         the residual over the layers and re-measuring after each; update ``sums`` and the
@@ -243,10 +251,10 @@ class Editor:
         K, H, owner = first
         Z = H + delta[owner].T.double().cpu()                           # (d, m)
         keys, residuals = {}, {}
-        for j, layer in enumerate(self.layers):
+        for j, layer in enumerate(layers):
             if j:
                 K, H, owner = measure(layer)
-            R = spread_residual(Z, H, len(self.layers) - j)              # (d, m)
+            R = spread_residual(Z, H, len(layers) - j)              # (d, m)
             if known_keys is not None:
                 K, R = known_keys[layer], R * only[owner].to(R.dtype)
             if self.method != "d4s":
@@ -312,5 +320,11 @@ class Editor:
 
 def check_layers(config: Config, model) -> None:
     count = layer_count(model)
-    if max(config.editing.layers) >= count:
-        raise ConfigError(f"[editing] layers {config.editing.layers}: this model has layers 0 to {count - 1}")
+    for key in ("layers", "chat_layers"):
+        layers = getattr(config.editing, key)
+        if layers and max(layers) >= count:
+            raise ConfigError(f"[editing] {key} {layers}: this model has layers 0 to {count - 1}")
+        if layers and max(layers) == count - 1:
+            raise ConfigError(f"[editing] {key} {layers}: layer {count - 1} is this model's last block; the "
+                              "target enters after the last edited layer at the subject and needs later "
+                              f"layers to reach the answer, so end the window at {count - 2} or below")

@@ -26,9 +26,14 @@ def _state_identity(config: Config, loaded: LoadedModel, method: str) -> dict:
         "method": method,
         "model_fingerprint": loaded.fingerprint,
         "layers": list(config.editing.layers),
+        "chat_layers": list(config.editing.chat_layers),
         "mom2_weight": config.editing.mom2_weight,
         "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
     }
+
+
+# Identity keys added after states were first written, with the value those states had.
+_IDENTITY_BEFORE = {"chat_layers": []}
 
 
 def _check_identity(ledger: Ledger, wanted: dict, folder: Path, method_given: bool) -> dict:
@@ -39,9 +44,10 @@ def _check_identity(ledger: Ledger, wanted: dict, folder: Path, method_given: bo
     if not method_given:
         wanted = {**wanted, "method": stored["method"]}
     for key, value in wanted.items():
-        if stored.get(key) != value:
+        had = stored.get(key, _IDENTITY_BEFORE.get(key))
+        if had != value:
             raise StateError(
-                f"state {folder} was made with {key} = {stored.get(key)!r}, but this run has {value!r}. "
+                f"state {folder} was made with {key} = {had!r}, but this run has {value!r}. "
                 "Use another --state-dir (or LIVEDIT_STATE_DIR) for a different experiment."
             )
     return wanted
@@ -61,8 +67,9 @@ def open_editor(config: Config, state_dir: Path | str | None = None, method: str
         identity = _check_identity(ledger, _state_identity(config, loaded, method or config.editing.method),
                                    folder, method is not None)
         arch = architecture_of(loaded.model)
-        names = {layer: arch.edited_module.format(layer) for layer in config.editing.layers}
-        last_block = get_module(loaded.model, arch.block_module.format(config.editing.layers[-1]))
+        layers = config.editing.all_layers
+        names = {layer: arch.edited_module.format(layer) for layer in layers}
+        last_block = get_module(loaded.model, arch.block_module.format(layers[-1]))
         covariances = load_or_compute(loaded.model, loaded.tokenizer, names, last_block,
                                       config.paths.home_dir(), config.paths.shared_data_dir(),
                                       loaded.fingerprint, config.covariance, progress)

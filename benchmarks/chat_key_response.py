@@ -69,9 +69,9 @@ def main() -> None:
         ratios = {}
         if holds != "no" and fact.id in edits:
             vectors = editor.ledger.vectors(edits[fact.id])
-            for layer in editor.layers:
+            for layer, (K, _) in vectors.items():             # the layers this edit wrote
                 A = lam * editor.C[layer].double() + editor.sums.T(layer).double()
-                trained = vectors[layer][0][:, 0].double()
+                trained = K[:, 0].double()
                 ratios[layer] = response_ratio(A, trained, subject_key(editor, layer, question, fact.subject))
         rows.append({"id": fact.id, "rephrasing": question, "target": fact.target_new, "answer": reply,
                      "answered": answer_contains(reply, fact.target_new), "subject_in_rephrasing": holds,

@@ -63,12 +63,12 @@ def test_a_raising_batch_fails_its_items_and_applies_nothing(open_engine, queue,
     ids = approve(queue, [new_fact(i) for i in range(4)])
     original, before = editor._edit_batch, {}
 
-    def fails_on_the_second_batch(facts, sums):
+    def fails_on_the_second_batch(facts, sums, layers):
         if any(fact.id == "fact-2" for fact in facts):
             before["snapshot"] = inspect.snapshot(editor)
-            original(facts, sums)                 # the math runs, then the batch raises
+            original(facts, sums, layers)         # the math runs, then the batch raises
             raise RuntimeError("disk full\nwhile writing")
-        return original(facts, sums)
+        return original(facts, sums, layers)
 
     editor._edit_batch = fails_on_the_second_batch
     outcome = apply_approved(editor, queue, batch_size=2)

@@ -60,6 +60,9 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"steps": True}}, "steps"),
     ({"editing": {"layers": [3, 2]}}, "layers"),
     ({"editing": {"layers": [2, 2]}}, "layers"),
+    ({"editing": {"chat_layers": [7, 6]}}, "chat_layers"),
+    ({"editing": {"chat_layers": [-1, 6]}}, "chat_layers"),
+    ({"editing": {"chat_layers": ["6"]}}, "chat_layers"),
     ({"editing": {"mom2_weight": -1.0}}, "mom2_weight"),
     ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
     ({"editing": {"question_variants": -1}}, "question_variants"),
@@ -152,3 +155,11 @@ def test_cli_set_reaches_the_config(livedit_dirs, capsys):
 
     args = build_parser().parse_args(["--set", "editing.refine_rounds=2", "status"])
     assert _config(args).editing.refine_rounds == 2
+
+
+def test_chat_layers_choose_the_window_of_facts_that_carry_a_question():
+    split = config_from_dict({"editing": {"layers": [3, 4, 5], "chat_layers": [5, 6, 7]}}).editing
+    assert split.window(has_question=True) == [5, 6, 7] and split.window(has_question=False) == [3, 4, 5]
+    assert split.all_layers == [3, 4, 5, 6, 7]
+    same = config_from_dict({"editing": {"layers": [3, 4, 5], "chat_layers": []}}).editing
+    assert same.window(has_question=True) == same.window(has_question=False) == same.all_layers == [3, 4, 5]

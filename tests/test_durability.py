@@ -93,8 +93,22 @@ def test_state_made_with_other_settings_is_refused(open_engine, facts):
     editor.apply(facts[:1])
     editor.ledger.close()
     with pytest.raises(StateError, match="layers"):
-        open_engine(layers=[1, 3])
+        open_engine(layers=[0, 2])
     with pytest.raises(StateError, match="mom2_weight"):
         open_engine(mom2_weight=20.0)
     with pytest.raises(StateError, match="method"):
         open_engine(method="memit-seq")
+    with pytest.raises(StateError, match="chat_layers"):
+        open_engine(chat_layers=[0, 1])
+
+
+def test_a_state_from_before_chat_layers_opens_as_one_window(open_engine, facts):
+    editor = open_engine()
+    editor.apply(facts[:1])
+    with editor.ledger.conn:                       # as written before the key existed
+        editor.ledger.conn.execute("DELETE FROM meta WHERE key = 'chat_layers'")
+    assert "chat_layers" not in editor.ledger.meta()
+    editor.ledger.close()
+    assert open_engine().ledger.edits("active")[0].fact == facts[0]
+    with pytest.raises(StateError, match="chat_layers = \\[\\]"):
+        open_engine(chat_layers=[0, 1])

@@ -245,3 +245,31 @@ def test_unedited_shows_the_original_weights_and_restores_the_edit(open_engine, 
     with editor.unedited() as model:
         assert all(torch.equal(p, original[name]) for name, p in model.named_parameters())
     assert all(torch.equal(p, edited[name]) for name, p in editor.model.named_parameters())
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_facts_with_a_question_edit_the_chat_layers(model, open_engine, make_config, new_fact, inspect):
+    editor = open_engine(model, layers=[0], chat_layers=[1, 2])
+    assert editor.layers == [0, 1, 2]
+    cloze = new_fact(1)
+    asked = new_fact(2, question=f"Where is {new_fact(2).subject}?")
+    cloze_id, asked_id = editor.apply([cloze, asked]).edit_ids          # one batch, one commit
+    assert editor.ledger.current_generation()[0] == 1
+    assert sorted(editor.ledger.vectors(cloze_id)) == [0]
+    assert sorted(editor.ledger.vectors(asked_id)) == [1, 2]
+    expected = inspect.sums_of_active_edits(editor)
+    for name, tensor in expected.items():
+        assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-10
+    W = editor.current_weights()
+    assert all(inspect.relative_error(W[layer], editor.W0[layer]) > 1e-4 for layer in (0, 1, 2))
+
+    editor.retract(asked_id)                      # exact: the chat layers go back to W0, layer 0 stays
+    after = editor.current_weights()
+    assert torch.equal(after[0], W[0])
+    for layer in (1, 2):
+        assert inspect.relative_error(after[layer], editor.W0[layer]) < 1e-6
+    restarted_weights = after
+    editor.ledger.close()
+    restarted = open_engine(model, layers=[0], chat_layers=[1, 2], loaded=load_model(make_config(model)))
+    for layer, W_after in restarted_weights.items():
+        assert torch.equal(restarted.current_weights()[layer], W_after)

@@ -1,13 +1,14 @@
 """Every bad input is rejected and leaves the served weights, the ledger and the sums as they were."""
 
 import json
+import re
 import sqlite3
 
 import pytest
 import torch
 
 import assistant.editor
-from assistant.errors import EditRejected, InvalidFact
+from assistant.errors import ConfigError, EditRejected, InvalidFact
 from assistant.facts import load_facts, make_fact
 from assistant.model_loading import load_model
 
@@ -131,3 +132,13 @@ def test_failed_ledger_transaction_commits_nothing(editor, new_fact, inspect, mo
     inspect.assert_unchanged(editor, before)
     monkeypatch.undo()
     assert len(editor.apply([new_fact(1)]).edit_ids) == 1        # and the engine still works afterwards
+
+
+@pytest.mark.parametrize("editing,named", [
+    ({"layers": [2, 4]}, "layers [2, 4]: this model has layers 0 to 3"),
+    ({"layers": [2, 3]}, "layers [2, 3]: layer 3 is this model's last block"),
+    ({"chat_layers": [2, 3]}, "chat_layers [2, 3]: layer 3 is this model's last block"),
+])
+def test_edited_layers_must_lie_below_the_models_last_block(open_engine, editing, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        open_engine("llama", **editing)
