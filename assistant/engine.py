@@ -48,7 +48,9 @@ def _check_identity(ledger: Ledger, wanted: dict, folder: Path, method_given: bo
         if had != value:
             raise StateError(
                 f"state {folder} was made with {key} = {had!r}, but this run has {value!r}. "
-                "Use another --state-dir (or LIVEDIT_STATE_DIR) for a different experiment."
+                "Use another --state-dir (or LIVEDIT_STATE_DIR) for a different experiment"
+                + (f", or set [editing] {key} = {had!r} in config.toml to keep using this state."
+                   if key in ("layers", "chat_layers", "mom2_weight") else ".")
             )
     return wanted
 

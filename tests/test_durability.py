@@ -110,5 +110,6 @@ def test_a_state_from_before_chat_layers_opens_as_one_window(open_engine, facts)
     assert "chat_layers" not in editor.ledger.meta()
     editor.ledger.close()
     assert open_engine().ledger.edits("active")[0].fact == facts[0]
-    with pytest.raises(StateError, match="chat_layers = \\[\\]"):
+    with pytest.raises(StateError, match="chat_layers = \\[\\]") as refused:
         open_engine(chat_layers=[0, 1])
+    assert "or set [editing] chat_layers = [] in config.toml to keep using this state" in str(refused.value)
