@@ -45,7 +45,8 @@ def site_keys(editor, questions: list[str], batch_size: int = 32) -> dict[int, d
     for start in range(0, len(questions), batch_size):
         texts = [(chat_prompt(tok, q, system), q) for q in questions[start:start + batch_size]]
         encoded = [encode_chat_prompt(tok, text) for text, _ in texts]
-        back = {site: torch.tensor([sites_from_end(tok, text, q)[site] for text, q in texts]) for site in SITES}
+        ends = [sites_from_end(tok, text, q) for text, q in texts]
+        back = {site: torch.tensor([end[site] for end in ends]) for site in SITES}
         width = max(map(len, encoded))
         ids = torch.full((len(encoded), width), tok.pad_token_id or 0)
         mask = torch.zeros_like(ids)
