@@ -19,6 +19,15 @@ def chat_prompt(tokenizer, question: str, system_prompt: str = "") -> str:
     return FALLBACK_TEMPLATE.format(question=question)
 
 
+def chat_transcript(tokenizer, question: str, reply: str, system_prompt: str = "") -> str:
+    """One finished turn as the model reads it: the question, the reply and the end of the turn."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return f"{FALLBACK_TEMPLATE.format(question=question)} {reply}\n"
+
+
 def encode_chat_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of a chat prompt; templated text already holds its special tokens."""
     templated = bool(getattr(tokenizer, "chat_template", None))

@@ -56,17 +56,21 @@ class ModelConfig:
             raise ConfigError("[model] threads must be 0 (torch default) or a positive count")
 
 
+COVARIANCE_CORPORA = ("wikitext2_raw", "me_ppl", "zsre_chat")
+
+
 @dataclass(frozen=True)
 class CovarianceConfig:
-    corpora: list = _help("corpora under shared_data/text: wikitext2_raw, me_ppl", ["wikitext2_raw", "me_ppl"])
+    corpora: list = _help("corpora of shared_data: wikitext2_raw, me_ppl (text/), zsre_chat (zsRE questions "
+                          "and answers through the chat template)", ["wikitext2_raw", "me_ppl"])
     tokens: int = _help("number of corpus tokens the statistics are taken over", 60000)
     sequence_length: int = _help("tokens per forward pass while collecting keys", 256)
     batch_size: int = _help("sequences per forward pass", 8)
 
     def __post_init__(self):
-        unknown = sorted(set(self.corpora) - {"wikitext2_raw", "me_ppl"})
+        unknown = sorted(set(self.corpora) - set(COVARIANCE_CORPORA))
         if unknown or not self.corpora:
-            raise ConfigError(f"[covariance] corpora {unknown or '[]'}: choose from wikitext2_raw, me_ppl")
+            raise ConfigError(f"[covariance] corpora {unknown or '[]'}: choose from {', '.join(COVARIANCE_CORPORA)}")
         if self.tokens < 1000:
             raise ConfigError("[covariance] tokens must be at least 1000 for a usable second moment")
         if self.sequence_length < 8 or self.batch_size < 1:

@@ -10,13 +10,16 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from assistant.architectures import get_module
+from assistant.chat import chat_transcript, encode_chat_prompt
 from assistant.config import CovarianceConfig
+from assistant.datasets import edit_records
 from assistant.errors import ModelNotReady
 from assistant.hooks import capture_inputs, stop_after
 
@@ -35,6 +38,23 @@ def corpus_texts(shared_data: Path, name: str) -> list[str]:
     raise ModelNotReady(f"unknown corpus {name!r}")
 
 
+def chat_corpus_texts(tokenizer, shared_data: Path) -> list[str]:
+    """zsRE's questions and answers as finished chat turns, from the file's last record back
+    (the zsRE edit slices start at its first)."""
+    records = reversed(edit_records(shared_data, "zsre"))
+    return [chat_transcript(tokenizer, r["src"], r["answers"][0]) for r in records if r["src"] and r["answers"]]
+
+
+def corpus_token_ids(tokenizer, shared_data: Path, name: str) -> Iterator[list[int]]:
+    """The token ids of each text of one corpus, in order."""
+    if name == "zsre_chat":
+        for text in chat_corpus_texts(tokenizer, shared_data):
+            yield encode_chat_prompt(tokenizer, text)
+        return
+    for text in corpus_texts(shared_data, name):
+        yield tokenizer(text + "\n", add_special_tokens=False).input_ids
+
+
 def _read(path: Path) -> str:
     if not path.exists():
         raise ModelNotReady(f"corpus file {path} is missing; set [paths] shared_data or LIVEDIT_SHARED_DATA")
@@ -47,8 +67,8 @@ def token_sequences(tokenizer, shared_data: Path, cfg: CovarianceConfig) -> torc
     pieces = []
     for name in cfg.corpora:
         stream: list[int] = []
-        for text in corpus_texts(shared_data, name):
-            stream += tokenizer(text + "\n", add_special_tokens=False).input_ids
+        for ids in corpus_token_ids(tokenizer, shared_data, name):
+            stream += ids
             if len(stream) >= share:
                 break
         pieces.append(torch.tensor(stream[:share]))

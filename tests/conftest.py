@@ -111,10 +111,14 @@ def counterfact_record(case_id: int) -> dict:
 
 
 def write_evaluation_data(root: Path, sentences: list[str]) -> None:
-    """CounterFact, MMLU, SST-2 and held-out text in the layout of ../shared/data."""
+    """CounterFact, zsRE, MMLU, SST-2 and held-out text in the layout of ../shared/data."""
     (root / "counterfact").mkdir()
     (root / "counterfact" / "counterfact-edit-dev.json").write_text(
         json.dumps([counterfact_record(i) for i in range(40)]), encoding="utf-8")
+    (root / "zsre").mkdir()
+    zsre = [{"subject": s, "src": f"Where is {s}?", "answers": [OBJECTS[i % 16]], "alt": OBJECTS[(i + 3) % 16],
+             "rephrase": f"Where can one find {s}?"} for i, s in enumerate(SUBJECTS)]
+    (root / "zsre" / "zsre_mend_eval_portability_gpt4.json").write_text(json.dumps(zsre), encoding="utf-8")
     tokenized = root / "text" / "wikitext2_tokenized"
     tokenized.mkdir(parents=True)
     (tokenized / "valid.txt").write_text("\n".join(f" {s} " for s in sentences[200:260]), encoding="utf-8")

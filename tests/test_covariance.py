@@ -5,8 +5,10 @@ import torch
 
 import assistant.covariance
 from assistant.architectures import architecture_of, get_module
+from assistant.chat import chat_prompt, chat_transcript, encode_chat_prompt
 from assistant.config import CovarianceConfig
-from assistant.covariance import corpus_texts, load_or_compute, token_sequences
+from assistant.covariance import chat_corpus_texts, corpus_texts, load_or_compute, token_sequences
+from assistant.datasets import edit_records
 from assistant.errors import ModelNotReady
 from assistant.model_loading import load_model
 
@@ -32,6 +34,20 @@ def test_token_sequences_take_an_equal_share_of_each_corpus(tokenizer, shared_da
     assert sequences.flatten()[:len(wiki)].tolist() == wiki
     me_ppl = tokenizer(corpus_texts(shared_data_dir, "me_ppl")[0] + "\n", add_special_tokens=False).input_ids
     assert sequences.flatten()[1000:1000 + len(me_ppl)].tolist() == me_ppl
+
+
+def test_chat_corpus_is_zsre_as_finished_chat_turns_from_the_last_record(chat_tokenizer, tokenizer, shared_data_dir):
+    last = edit_records(shared_data_dir, "zsre")[-1]
+    texts = chat_corpus_texts(chat_tokenizer, shared_data_dir)
+    assert texts[0] == f"<|user|>{last['src']}\n<|assistant|>{last['answers'][0]}\n"
+    assert texts[0].startswith(chat_prompt(chat_tokenizer, last["src"]))
+    assert chat_corpus_texts(tokenizer, shared_data_dir)[0] == f"Question: {last['src']}\nAnswer: {last['answers'][0]}\n"
+    assert chat_transcript(chat_tokenizer, "Q?", "A.", system_prompt="Be brief.") == "<|system|>Be brief.\n<|user|>Q?\n<|assistant|>A.\n"
+
+    cfg = CovarianceConfig(corpora=["wikitext2_raw", "zsre_chat"], tokens=2000, sequence_length=32)
+    stream = token_sequences(chat_tokenizer, shared_data_dir, cfg).flatten()
+    turns = [encode_chat_prompt(chat_tokenizer, text) for text in texts]
+    assert stream[1000:1000 + len(turns[0]) + len(turns[1])].tolist() == turns[0] + turns[1]
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
