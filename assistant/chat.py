@@ -20,7 +20,8 @@ def chat_prompt(tokenizer, question: str, system_prompt: str = "") -> str:
 
 
 def chat_transcript(tokenizer, question: str, reply: str, system_prompt: str = "") -> str:
-    """One finished turn as the model reads it: the question, the reply and the end of the turn."""
+    """One finished turn as the model reads it: the question, the reply and the template's
+    end of the turn (a newline where the tokenizer has no chat template)."""
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from assistant.architectures import get_module
-from assistant.chat import chat_transcript, encode_chat_prompt
+from assistant.chat import chat_transcript
 from assistant.config import CovarianceConfig
 from assistant.datasets import edit_records
 from assistant.errors import ModelNotReady
@@ -39,20 +39,22 @@ def corpus_texts(shared_data: Path, name: str) -> list[str]:
 
 
 def chat_corpus_texts(tokenizer, shared_data: Path) -> list[str]:
-    """zsRE's questions and answers as finished chat turns, from the file's last record back
-    (the zsRE edit slices start at its first)."""
+    """zsRE's questions and answers as finished chat turns, from the file's last record
+    back (the zsRE edit benchmarks take their slices from the first records on)."""
     records = reversed(edit_records(shared_data, "zsre"))
-    return [chat_transcript(tokenizer, r["src"], r["answers"][0]) for r in records if r["src"] and r["answers"]]
+    return [chat_transcript(tokenizer, r["src"], r["answers"][0])
+            for r in records if r.get("src") and r.get("answers")]
 
 
 def corpus_token_ids(tokenizer, shared_data: Path, name: str) -> Iterator[list[int]]:
-    """The token ids of each text of one corpus, in order."""
+    """The token ids of each text of one corpus, in order (a chat turn's special tokens
+    are in its text, so none are added)."""
     if name == "zsre_chat":
-        for text in chat_corpus_texts(tokenizer, shared_data):
-            yield encode_chat_prompt(tokenizer, text)
-        return
-    for text in corpus_texts(shared_data, name):
-        yield tokenizer(text + "\n", add_special_tokens=False).input_ids
+        texts = chat_corpus_texts(tokenizer, shared_data)
+    else:
+        texts = [text + "\n" for text in corpus_texts(shared_data, name)]
+    for text in texts:
+        yield tokenizer(text, add_special_tokens=False).input_ids
 
 
 def _read(path: Path) -> str:
@@ -71,6 +73,9 @@ def token_sequences(tokenizer, shared_data: Path, cfg: CovarianceConfig) -> torc
             stream += ids
             if len(stream) >= share:
                 break
+        if len(stream) < share:
+            log.warning("corpus %s holds %d tokens, less than its share of %d: lower [covariance] tokens "
+                        "for equal shares", name, len(stream), share)
         pieces.append(torch.tensor(stream[:share]))
     tokens = torch.cat(pieces)
     usable = len(tokens) // cfg.sequence_length * cfg.sequence_length

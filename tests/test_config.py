@@ -163,3 +163,11 @@ def test_chat_layers_choose_the_window_of_facts_that_carry_a_question():
     assert split.all_layers == [3, 4, 5, 6, 7]
     same = config_from_dict({"editing": {"layers": [3, 4, 5], "chat_layers": []}}).editing
     assert same.window(has_question=True) == same.window(has_question=False) == same.all_layers == [3, 4, 5]
+
+
+def test_covariance_corpora_take_the_chat_turns_and_name_the_choices():
+    assert config_from_dict({"covariance": {"corpora": ["wikitext2_raw", "zsre_chat"]}}).covariance.corpora == [
+        "wikitext2_raw", "zsre_chat"]
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"covariance": {"corpora": ["c4"]}})
+    assert "wikitext2_raw, me_ppl, zsre_chat" in str(error.value)

@@ -1,11 +1,13 @@
 """C = E[k k^T] over the (fake) shared corpora, computed once and cached."""
 
+import json
+
 import pytest
 import torch
 
 import assistant.covariance
 from assistant.architectures import architecture_of, get_module
-from assistant.chat import chat_prompt, chat_transcript, encode_chat_prompt
+from assistant.chat import chat_prompt, chat_transcript
 from assistant.config import CovarianceConfig
 from assistant.covariance import chat_corpus_texts, corpus_texts, load_or_compute, token_sequences
 from assistant.datasets import edit_records
@@ -36,18 +38,32 @@ def test_token_sequences_take_an_equal_share_of_each_corpus(tokenizer, shared_da
     assert sequences.flatten()[1000:1000 + len(me_ppl)].tolist() == me_ppl
 
 
-def test_chat_corpus_is_zsre_as_finished_chat_turns_from_the_last_record(chat_tokenizer, tokenizer, shared_data_dir):
-    last = edit_records(shared_data_dir, "zsre")[-1]
+def test_chat_corpus_is_zsre_as_finished_chat_turns_from_the_last_record(chat_tokenizer, tokenizer, shared_data_dir,
+                                                                         caplog):
+    records = edit_records(shared_data_dir, "zsre")
+    last = records[-1]
     texts = chat_corpus_texts(chat_tokenizer, shared_data_dir)
+    assert len(texts) == len(records)
     assert texts[0] == f"<|user|>{last['src']}\n<|assistant|>{last['answers'][0]}\n"
     assert texts[0].startswith(chat_prompt(chat_tokenizer, last["src"]))
     assert chat_corpus_texts(tokenizer, shared_data_dir)[0] == f"Question: {last['src']}\nAnswer: {last['answers'][0]}\n"
     assert chat_transcript(chat_tokenizer, "Q?", "A.", system_prompt="Be brief.") == "<|system|>Be brief.\n<|user|>Q?\n<|assistant|>A.\n"
 
-    cfg = CovarianceConfig(corpora=["wikitext2_raw", "zsre_chat"], tokens=2000, sequence_length=32)
-    stream = token_sequences(chat_tokenizer, shared_data_dir, cfg).flatten()
-    turns = [encode_chat_prompt(chat_tokenizer, text) for text in texts]
-    assert stream[1000:1000 + len(turns[0]) + len(turns[1])].tolist() == turns[0] + turns[1]
+    for chosen in (chat_tokenizer, tokenizer):
+        cfg = CovarianceConfig(corpora=["wikitext2_raw", "zsre_chat"], tokens=2000, sequence_length=32)
+        stream = token_sequences(chosen, shared_data_dir, cfg).flatten()
+        turns = [chosen(text, add_special_tokens=False).input_ids for text in chat_corpus_texts(chosen, shared_data_dir)]
+        chat_part = [i for turn in turns for i in turn]
+        assert len(chat_part) < 1000 and stream[1000:].tolist() == chat_part[:len(stream) - 1000]
+    assert "corpus zsre_chat holds" in caplog.text and "lower [covariance] tokens" in caplog.text
+
+
+def test_chat_corpus_skips_records_without_a_question_or_an_answer(chat_tokenizer, tmp_path):
+    (tmp_path / "zsre").mkdir()
+    records = [{"src": "Where is Paris?", "answers": ["France"]}, {"src": "", "answers": ["Spain"]},
+               {"src": "Where is Rome?", "answers": []}, {"answers": ["Japan"]}, {"src": "Where is Tokyo?"}]
+    (tmp_path / "zsre" / "zsre_mend_eval_portability_gpt4.json").write_text(json.dumps(records), encoding="utf-8")
+    assert chat_corpus_texts(chat_tokenizer, tmp_path) == ["<|user|>Where is Paris?\n<|assistant|>France\n"]
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
