@@ -10,12 +10,16 @@ import torch
 FALLBACK_TEMPLATE = "Question: {question}\nAnswer:"
 
 
+def _messages(question: str, system_prompt: str) -> list[dict]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return system + [{"role": "user", "content": question}]
+
+
 def chat_prompt(tokenizer, question: str, system_prompt: str = "") -> str:
     """The text the model sees before its answer ("<user> question <assistant>")."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": question})
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(_messages(question, system_prompt), add_generation_prompt=True,
+                                             tokenize=False)
     return FALLBACK_TEMPLATE.format(question=question)
 
 
@@ -23,8 +27,7 @@ def chat_transcript(tokenizer, question: str, reply: str, system_prompt: str = "
     """One finished turn as the model reads it: the question, the reply and the template's
     end of the turn (a newline where the tokenizer has no chat template)."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+        messages = _messages(question, system_prompt) + [{"role": "assistant", "content": reply}]
         return tokenizer.apply_chat_template(messages, tokenize=False)
     return f"{FALLBACK_TEMPLATE.format(question=question)} {reply}\n"
 
