@@ -88,6 +88,8 @@ class EditingConfig:
     context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. "])
     chat_prefixes: list = _help("prefixes inside the user turn before a fact's question; one chat form each", [""])
     case_variants: bool = _help("also chat forms with the subject in Title Case and in lower case", False)
+    quote_variants: bool = _help("also chat forms with the subject in double quotes, as written and (with "
+                                 "case_variants) in Title Case", False)
     question_variants: int = _help("also this many chat forms of a fact's question with some other words "
                                    "left out (the subject kept), so the edit holds in reworded questions", 0)
     weakened_delta: float = _help("also train each chat form (and lead-in) with only this fraction of the "

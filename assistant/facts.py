@@ -104,6 +104,15 @@ def _content_id(subject: str, prompt: str) -> str:
     return "f-" + hashlib.sha1(f"{subject}\x00{prompt}".encode()).hexdigest()[:12]
 
 
+def csv_unquoted(text):
+    """A text left in CSV quoting undone ('"The ""Giant Marbles"" rock formation ...?"' is
+    'The "Giant Marbles" rock formation ...?', as 18 of QAEdit's questions come); any other
+    value as it is."""
+    if isinstance(text, str) and len(text) > 1 and text[0] == text[-1] == '"' and '"' not in text[1:-1].replace('""', ""):
+        return text[1:-1].replace('""', '"')
+    return text
+
+
 def fact_from_record(record: dict, where: str = "record") -> Fact:
     """One record in our format, EasyEdit's CounterFact, QAEdit or zsRE."""
     if not isinstance(record, dict):
@@ -119,7 +128,7 @@ def fact_from_record(record: dict, where: str = "record") -> Fact:
             where=where,
         )
     if "target" in keys and "source" in keys and keys <= QAEDIT_FIELDS:
-        question = record.get("prompt")
+        question = csv_unquoted(record.get("prompt"))
         return make_fact(
             id=f"qa-{record.get('id')}", subject=record.get("subject"), prompt=question,
             target_new=record.get("target"), question=question,

@@ -75,21 +75,38 @@ class PromptSettings:
     lead_in_echoes: bool = False                # mark where a lead-in repeats the subject
     question_variants: int = 0                  # chat forms of the question with some other words left out
     weakened_delta: float = 0.0                 # chat rows again with this share of the delta; 0 = off
+    quote_variants: bool = False                # chat forms with the subject in double quotes too
 
     @classmethod
     def from_config(cls, config) -> "PromptSettings":
         cfg = config.editing
         return cls(tuple(cfg.context_prefixes), tuple(cfg.chat_prefixes), cfg.case_variants,
                    config.chat.system_prompt, cfg.end_chat_answer, cfg.lead_in_tokens, cfg.lead_in_echoes,
-                   cfg.question_variants, cfg.weakened_delta)
+                   cfg.question_variants, cfg.weakened_delta, cfg.quote_variants)
+
+
+def title_case(text: str) -> str:
+    return " ".join(word[:1].upper() + word[1:] for word in text.split(" "))
 
 
 def subject_casings(subject: str) -> list[str]:
     """The subject in Title Case and in lower case, where they differ from it (and keep
     its length, so its place in the question stays the same)."""
-    titled = " ".join(word[:1].upper() + word[1:] for word in subject.split(" "))
-    return [variant for variant in dict.fromkeys([titled, subject.lower()])
+    return [variant for variant in dict.fromkeys([title_case(subject), subject.lower()])
             if variant != subject and len(variant) == len(subject)]
+
+
+def quoted_subjects(question: str, subject_at: int, subject: str, titled: bool) -> list[tuple[str, int]]:
+    """The question with the subject (as written and, if ``titled``, in Title Case) in double
+    quotes, as (question, subject start char): a title is often asked about in quotes
+    ("who wrote you must have been a beautiful baby?" and 'Who is the author of the song "You
+    Must Have Been a Beautiful Baby"?'). None where the question already quotes it."""
+    after = subject_at + len(subject)
+    if subject.startswith('"') or question[subject_at - 1:subject_at] == '"' or question[after:after + 1] == '"':
+        return []
+    return [(f'{question[:subject_at]}"{spelling}"{question[after:]}', subject_at + 1)
+            for spelling in dict.fromkeys([subject, title_case(subject) if titled else subject])
+            if len(spelling) == len(subject)]
 
 
 def question_variants(question: str, subject_at: int, subject_length: int, count: int,
@@ -140,8 +157,8 @@ def subject_echoes(tokens: list[int], spellings: list[list[int]]) -> list[int]:
 def prompt_forms(fact: Fact, tokenizer, settings: PromptSettings) -> list[tuple[str, int, bool]]:
     """(text, subject start char, is_chat) for each form of the fact's prompt: the cloze
     prompt after each context prefix and, when the fact has a question, the chat-template
-    form of each chat prefix + the question (and of its subject's other casings, and of
-    its rewordings)."""
+    form of each chat prefix + the question (and of its subject's other casings, of the
+    subject in quotes, and of its rewordings)."""
     forms = []
     for prefix in settings.context_prefixes:
         text = prefix + fact.filled_prompt
@@ -152,10 +169,11 @@ def prompt_forms(fact: Fact, tokenizer, settings: PromptSettings) -> list[tuple[
         raise InvalidFact(f"fact {fact.id}: subject {fact.subject!r} does not occur in its question")
     at = fact.question.rindex(fact.subject)
     questions = [(fact.question, at)]
-    if settings.case_variants:
-        after = at + len(fact.subject)
-        questions += [(fact.question[:at] + variant + fact.question[after:], at)
-                      for variant in subject_casings(fact.subject)]
+    casings = subject_casings(fact.subject) if settings.case_variants else []
+    after = at + len(fact.subject)
+    questions += [(fact.question[:at] + variant + fact.question[after:], at) for variant in casings]
+    if settings.quote_variants:
+        questions += quoted_subjects(fact.question, at, fact.subject, titled=settings.case_variants)
     questions += question_variants(fact.question, at, len(fact.subject), settings.question_variants)
     for prefix in settings.chat_prefixes:
         for question, subject_at in questions:
