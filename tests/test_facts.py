@@ -5,7 +5,7 @@ import json
 import pytest
 
 from assistant.errors import InvalidFact
-from assistant.facts import fact_from_record, load_facts, make_fact
+from assistant.facts import csv_unquoted, fact_from_record, load_facts, make_fact
 
 GOOD = {"id": "paris", "subject": "Paris", "prompt": "Paris is the capital of", "target_new": "Italy",
         "target_true": "France", "question": "What country is Paris the capital of?"}
@@ -85,6 +85,18 @@ def test_public_formats():
                              "loc": "nq question: who wrote it", "loc_ans": "Bach"})
     assert (zsre.target_true, zsre.question, zsre.neighborhood) == ("France", "Where is Paris?",
                                                                   (("who wrote it", "Bach"),))
+
+
+def test_qaedit_questions_left_in_csv_quoting_are_unquoted():
+    record = {"id": 42, "source": "x", "prompt": '"The ""Giant Marbles"" rock formation is in which park?"',
+              "target": "Joshua Tree", "subject": "Giant Marbles"}
+    fact = fact_from_record(record)
+    assert fact.question == 'The "Giant Marbles" rock formation is in which park?'
+    assert fact.prompt == 'The "{}" rock formation is in which park?'
+    assert csv_unquoted('He said "no" twice.') == 'He said "no" twice.'    # not a quoted field
+    assert csv_unquoted('"a" and "b"') == '"a" and "b"'                   # inner quotes not doubled
+    assert csv_unquoted('"Who wrote it?"') == "Who wrote it?"
+    assert csv_unquoted(None) is None
 
 
 def test_load_jsonl_and_json_array(tmp_path):

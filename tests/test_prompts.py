@@ -7,7 +7,7 @@ from assistant.chat import FALLBACK_TEMPLATE, chat_prompt
 from assistant.errors import InvalidFact
 from assistant.facts import make_fact
 from assistant.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, prompt_forms, question_variants,
-                               subject_casings, target_ids)
+                               quoted_subjects, subject_casings, target_ids)
 
 PREFIXES = ["", "Note: "]
 SETTINGS = PromptSettings(context_prefixes=tuple(PREFIXES))
@@ -132,6 +132,38 @@ def test_subject_casings():
     assert subject_casings("Paris") == ["paris"]
     assert subject_casings("paris") == ["Paris"]
     assert subject_casings("42") == []
+
+
+def test_quoted_subjects():
+    question = "who wrote you must have been a beautiful baby?"
+    subject = "you must have been a beautiful baby"
+    at = question.index(subject)
+    assert quoted_subjects(question, at, subject, titled=False) == [
+        ('who wrote "you must have been a beautiful baby"?', at + 1)]
+    assert quoted_subjects(question, at, subject, titled=True)[1] == (
+        'who wrote "You Must Have Been A Beautiful Baby"?', at + 1)
+    quoted = 'Who wrote "Hey Jude"?'
+    assert quoted_subjects(quoted, quoted.index("Hey"), "Hey Jude", titled=True) == []      # quoted already
+    assert quoted_subjects(quoted, quoted.index('"'), '"Hey Jude"', titled=True) == []
+    assert quoted_subjects("Who made Hey Jude?", 9, "Hey Jude", titled=True) == [('Who made "Hey Jude"?', 10)]
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "chat_tokenizer"])
+def test_quote_variants_are_more_chat_forms_at_the_subject(request, which):
+    tok = request.getfixturevalue(which)
+    fact = make_fact(id="gg", subject="gossip girl", prompt="bart bass dies in gossip girl season",
+                     target_new="five", question="what season does bart bass die in gossip girl?")
+    settings = PromptSettings(context_prefixes=tuple(PREFIXES), case_variants=True, quote_variants=True)
+    forms = prompt_forms(fact, tok, settings)
+    recased = PromptSettings(context_prefixes=tuple(PREFIXES), case_variants=True)
+    assert forms[:-2] == prompt_forms(fact, tok, recased)
+    assert [text for text, _, _ in forms[-2:]] == [
+        chat_prompt(tok, f'what season does bart bass die in "{spelling}"?') for spelling in ("gossip girl", "Gossip Girl")]
+    for row, (text, start, _) in zip(fact_rows(0, fact, tok, settings, with_targets=False), forms):
+        assert text[start:start + len(fact.subject)].lower() == fact.subject
+        assert tok.decode(row.ids[:row.subject_pos + 1]).lower().endswith(fact.subject)
+    assert prompt_forms(fact, tok, PromptSettings(context_prefixes=tuple(PREFIXES), quote_variants=True))[-1][0] == \
+        chat_prompt(tok, 'what season does bart bass die in "gossip girl"?')
 
 
 def test_question_variants_leave_out_other_words_and_keep_the_subject():
