@@ -104,9 +104,8 @@ def quoted_subjects(question: str, subject_at: int, subject: str, titled: bool) 
     after = subject_at + len(subject)
     if subject.startswith('"') or question[subject_at - 1:subject_at] == '"' or question[after:after + 1] == '"':
         return []
-    return [(f'{question[:subject_at]}"{spelling}"{question[after:]}', subject_at + 1)
-            for spelling in dict.fromkeys([subject, title_case(subject) if titled else subject])
-            if len(spelling) == len(subject)]
+    spellings = [subject, *(casing for casing in subject_casings(subject) if titled and casing == title_case(subject))]
+    return [(f'{question[:subject_at]}"{spelling}"{question[after:]}', subject_at + 1) for spelling in spellings]
 
 
 def question_variants(question: str, subject_at: int, subject_length: int, count: int,
