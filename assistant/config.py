@@ -62,7 +62,7 @@ COVARIANCE_CORPORA = ("wikitext2_raw", "me_ppl", "zsre_chat")
 @dataclass(frozen=True)
 class CovarianceConfig:
     corpora: list = _help("corpora of shared_data: wikitext2_raw, me_ppl (text/), zsre_chat (zsRE questions "
-                          "and answers through the chat template)", ["wikitext2_raw", "me_ppl"])
+                          "and answers through the chat template)", ["wikitext2_raw", "me_ppl", "zsre_chat"])
     tokens: int = _help("number of corpus tokens the statistics are taken over", 60000)
     sequence_length: int = _help("tokens per forward pass while collecting keys", 256)
     batch_size: int = _help("sequences per forward pass", 8)

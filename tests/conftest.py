@@ -209,7 +209,9 @@ def make_config(model_dirs):
         config = load_config()
         config = config.replace("model", path=str(model_dirs[model]), device="cpu", dtype="float32")
         config = config.replace("editing", **{**EDITING, **editing})
-        return config.replace("covariance", tokens=2000, sequence_length=32, batch_size=8)
+        # The text corpora alone: the fake zsRE file holds less than a third of 2000 tokens of chat turns.
+        return config.replace("covariance", corpora=["wikitext2_raw", "me_ppl"], tokens=2000, sequence_length=32,
+                              batch_size=8)
     return make
 
 

@@ -29,7 +29,7 @@ def test_missing_corpus_names_the_file_and_the_setting(tmp_path):
 
 
 def test_token_sequences_take_an_equal_share_of_each_corpus(tokenizer, shared_data_dir):
-    cfg = CovarianceConfig(tokens=2000, sequence_length=32, batch_size=8)
+    cfg = CovarianceConfig(corpora=["wikitext2_raw", "me_ppl"], tokens=2000, sequence_length=32, batch_size=8)
     sequences = token_sequences(tokenizer, shared_data_dir, cfg)
     assert sequences.shape == (2000 // 32, 32)
     wiki = tokenizer(corpus_texts(shared_data_dir, "wikitext2_raw")[0] + "\n", add_special_tokens=False).input_ids

@@ -24,11 +24,11 @@ def real_config():
 
 @pytest.fixture(scope="session")
 def real_shared_data(real_config) -> Path:
-    """The real shared data sets (CounterFact, the text corpora) that editing tests need."""
+    """The real shared data sets (CounterFact, the text corpora, zsRE) that editing tests need."""
     shared = real_config.paths.shared_data_dir()
     if not shared.is_dir():
-        pytest.fail(f"the shared data sets are not at {shared}: the end-to-end editing tests read CounterFact and "
-                    "the text corpora from there. Put ../shared/data beside the checkout, or set "
+        pytest.fail(f"the shared data sets are not at {shared}: the end-to-end editing tests read CounterFact, "
+                    "the text corpora and zsRE from there. Put ../shared/data beside the checkout, or set "
                     "LIVEDIT_SHARED_DATA to the folder that holds them.", pytrace=False)
     return shared
 
