@@ -171,8 +171,8 @@ def run_bench(config: Config, plan: BenchPlan, out_dir: Path, state_dir: Path | 
     tasks = general_tasks(config, plan, probes)
     if results is None:
         results = {"version": RESULTS_VERSION, "plan": plan.to_json(), "config": dataclasses.asdict(config.editing),
-                   "environment": environment(), "model": str(editor.loaded.path), "edit_seconds": 0.0,
-                   "checkpoints": []}
+                   "covariance": dataclasses.asdict(config.covariance), "environment": environment(),
+                   "model": str(editor.loaded.path), "edit_seconds": 0.0, "checkpoints": []}
         report(f"{plan.name}: measuring the unedited model")
         results["target_perplexity"] = target_perplexity(editor.model, editor.tokenizer, facts)
         results["checkpoints"].append(_checkpoint(editor, facts, probes, tasks, plan, 0, results))

@@ -51,7 +51,8 @@ def main() -> None:
     after = chat_scores(editor.model, tok, facts, length, system, locality_before=locality_before)
     write_json(args.out, {
         "data": args.data, "start": args.start, "count": len(facts), "method": editor.method,
-        "config": dataclasses.asdict(config.editing), "environment": started_in,
+        "config": dataclasses.asdict(config.editing),
+        "covariance": dataclasses.asdict(config.covariance), "environment": started_in,
         "seconds_per_edit": seconds / len(facts),
         "target_probability_mean": sum(report.probabilities) / len(report.probabilities) if report else None,
         "evaluated_only": args.evaluate_only, "max_new_tokens": length,

@@ -44,6 +44,7 @@ def test_bench_checkpoints_every_k_edits_and_resumes(make_config, tmp_path):
     assert results["checkpoints"][0]["l1_growth"] == {"1": 0.0, "2": 0.0}
     assert last["seconds_per_edit"] > 0
     assert len(results["target_perplexity"]["per_fact"]) == 4
+    assert results["covariance"]["corpora"] == config.covariance.corpora   # which C the run edited with
 
     again = run_bench(config, plan, tmp_path / "out", tmp_path / "state", report=lambda text: None)
     assert again["checkpoints"] == results["checkpoints"]                 # finished: nothing more to do
