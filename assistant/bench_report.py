@@ -26,7 +26,17 @@ def label(run: dict) -> str:
 
 
 def mean_growth(point: dict) -> float:
-    return statistics.fmean(point["l1_growth"].values())
+    """Mean L1 growth over the layers the edits so far have changed (a run may track layers it never edits)."""
+    changed = [growth for growth in point["l1_growth"].values() if growth != 0]
+    return statistics.fmean(changed) if changed else 0.0
+
+
+def changed_layers(runs: list[dict]) -> list[str]:
+    """The tracked layers that some checkpoint of some run shows changed; all of them when none is."""
+    tracked = sorted(runs[0]["checkpoints"][0]["l1_growth"], key=int)
+    changed = [layer for layer in tracked
+               if any(point["l1_growth"].get(layer, 0) != 0 for run in runs for point in run["checkpoints"])]
+    return changed or tracked
 
 
 def max_growth(point: dict) -> float:
@@ -72,7 +82,7 @@ def plot_metrics(runs: list[dict], out: Path) -> None:
 def plot_l1(runs: list[dict], out: Path) -> None:
     """L1 growth against W0 of each edited layer against the number of edits."""
     plt = _pyplot()
-    layers = sorted(runs[0]["checkpoints"][0]["l1_growth"], key=int)
+    layers = changed_layers(runs)
     fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         for run in runs:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from assistant.bench import BenchPlan, run_bench
-from assistant.bench_report import model_perspective, write_report
+from assistant.bench_report import changed_layers, mean_growth, model_perspective, write_report
 from assistant.cli import main
 from assistant.datasets import load_edit_facts, mmlu_items, sst2_items
 from assistant.errors import ConfigError
@@ -60,6 +60,17 @@ def test_bench_checkpoints_every_k_edits_and_resumes(make_config, tmp_path):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     view = model_perspective(results)
     assert view["points"] == 2 and -1 <= view["pearson"] <= 1 or view["pearson"] != view["pearson"]
+
+
+def test_growth_summaries_leave_out_tracked_layers_no_edit_changed():
+    # a cloze run tracks the chat layers 8 and 9 too, but its edits only change 3 and 4
+    run = {"checkpoints": [{"l1_growth": {"3": 0.0, "4": 0.0, "8": 0.0, "9": 0.0}},
+                           {"l1_growth": {"3": 0.01, "4": 0.03, "8": 0.0, "9": 0.0}}]}
+    assert mean_growth(run["checkpoints"][1]) == pytest.approx(0.02)
+    assert mean_growth(run["checkpoints"][0]) == 0.0
+    assert changed_layers([run]) == ["3", "4"]
+    untouched = {"checkpoints": [{"l1_growth": {"3": 0.0, "4": 0.0}}]}
+    assert changed_layers([untouched]) == ["3", "4"]
 
 
 def test_mqd_runs_score_neighbourhood_on_the_counterfact_twins(make_config, tmp_path):
