@@ -8,6 +8,18 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TRANSFORMERS_VERBOSITY := error
 
+# The public data sets are read from ../shared/data beside the checkout. A local clone of
+# such a checkout made elsewhere (CI clones main into a temporary folder) finds them
+# beside the repository it was cloned from. LIVEDIT_SHARED_DATA, when set, wins.
+ifeq ($(origin LIVEDIT_SHARED_DATA),undefined)
+ifeq ($(wildcard ../shared/data),)
+CLONED_FROM := $(shell git remote get-url origin 2>/dev/null)
+ifneq ($(wildcard $(CLONED_FROM)/../shared/data),)
+export LIVEDIT_SHARED_DATA := $(abspath $(CLONED_FROM)/../shared/data)
+endif
+endif
+endif
+
 .PHONY: setup serve test unit integration bench clean
 
 $(STAMP): pyproject.toml constraints.txt
