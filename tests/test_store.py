@@ -189,7 +189,7 @@ def test_export_with_history_has_every_version(store):
     assert [(r["version"], r["object"]) for r in rows] == [(1, "Africa"), (2, "Asia")]
 
 
-def test_import_counterfact_records(store, tmp_path):
+def test_import_counterfact_records(store, tmp_path, shared_records):
     records = shared_records(COUNTERFACT_FILE, 3)
     path = tmp_path / "counterfact.json"                # EasyEdit's file is one JSON array
     path.write_text(json.dumps(records), encoding="utf-8")
@@ -201,7 +201,7 @@ def test_import_counterfact_records(store, tmp_path):
     assert first.to_edit_fact().target_new == records[0]["target_new"]
 
 
-def test_import_zsre_records_as_jsonl(store, tmp_path):
+def test_import_zsre_records_as_jsonl(store, tmp_path, shared_records):
     records = shared_records(ZSRE_FILE, 3)
     report = store.import_file(write_jsonl(tmp_path / "zsre.jsonl", records), who=WHO)
     assert len(report.added) == 3
@@ -214,7 +214,7 @@ def test_import_zsre_records_as_jsonl(store, tmp_path):
     assert len(again.unchanged) == 3 and store.count() == 3             # zsRE ids are stable
 
 
-def test_import_counterfact_from_csv(store, tmp_path):
+def test_import_counterfact_from_csv(store, tmp_path, shared_records):
     records = shared_records(COUNTERFACT_FILE, 2)
     import csv
     with open(tmp_path / "cf.csv", "w", encoding="utf-8", newline="") as stream:

@@ -13,9 +13,8 @@ import pytest
 
 from assistant.config import PROJECT_ROOT, UpdaterConfig, load_config
 
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
-COUNTERFACT_FILE = SHARED_DATA / "counterfact" / "counterfact-edit-dev.json"
-ZSRE_FILE = SHARED_DATA / "zsre" / "zsre_mend_eval_portability_gpt4.json"
+COUNTERFACT_FILE = Path("counterfact/counterfact-edit-dev.json")    # inside the shared data folder
+ZSRE_FILE = Path("zsre/zsre_mend_eval_portability_gpt4.json")
 
 FACTS = [
     {"id": "darrieux-tongue", "subject": "Danielle Darrieux", "prompt": "The mother tongue of Danielle Darrieux is",
@@ -72,7 +71,17 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
-def shared_records(path: Path, count: int) -> list[dict]:
-    if not path.exists():
-        pytest.skip(f"{path} is not there (the shared data sets live beside the checkout)")
-    return json.loads(path.read_text(encoding="utf-8"))[:count]
+@pytest.fixture(scope="session")
+def shared_records():
+    """shared_records(relative_path, count) -> the first records of a real shared data file.
+
+    The folder is the one config.toml and LIVEDIT_SHARED_DATA name, read once per session
+    (before each test points LIVEDIT_SHARED_DATA at its own small copy)."""
+    shared = load_config(PROJECT_ROOT / "config.toml").paths.shared_data_dir()
+
+    def read(relative: Path, count: int) -> list[dict]:
+        path = shared / relative
+        if not path.exists():
+            pytest.skip(f"{path} is not there: put ../shared/data beside the checkout or set LIVEDIT_SHARED_DATA")
+        return json.loads(path.read_text(encoding="utf-8"))[:count]
+    return read
