@@ -1,27 +1,17 @@
-"""`livedit`: the command line. Domain errors become one-line messages here, and only here."""
+"""The engine's commands: edit, retract, status, ask, chat, export and bench."""
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 
-from assistant.config import METHODS, Config, load_config, with_overrides
-from assistant.errors import ConfigError, LiveditError
-
-
-def _config(args) -> Config:
-    config = with_overrides(load_config(args.config), args.set)
-    if args.model:
-        config = config.replace("model", path=args.model)
-    return config
+from assistant.config import METHODS
+from assistant.errors import ConfigError
 
 
 def _editor(args, method: str | None = None):
-    from assistant.engine import open_editor
-    return open_editor(_config(args), state_dir=args.state_dir, method=method, progress=not args.quiet)
+    from assistant.editing.engine import open_editor
+    return open_editor(args.config, state_dir=args.state_dir, method=method, progress=not args.quiet)
 
 
 def cmd_edit(args) -> None:
@@ -75,7 +65,7 @@ def cmd_status(args) -> None:
 
 
 def _stream_to_stdout(editor, question: str) -> None:
-    from assistant.chat import stream_answer
+    from assistant.model.chat import stream_answer
 
     shown = ""
     for text in stream_answer(editor.model, editor.tokenizer, question, editor.config.chat.max_new_tokens,
@@ -113,15 +103,15 @@ def cmd_export(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from assistant.bench import BenchPlan, run_bench
-    from assistant.bench_report import write_report
+    from assistant.evaluation.bench import BenchPlan, run_bench
+    from assistant.evaluation.report import write_report
 
     out = Path(args.out)
     if not args.report_only:
         lengths = tuple(int(x) for x in args.target_tokens.split("-")) if args.target_tokens else None
         if lengths is not None and len(lengths) != 2:
             raise ConfigError(f"--target-tokens {args.target_tokens!r}: write LOW-HIGH, e.g. 2-3")
-        config = _config(args)
+        config = args.config
         for method in args.method or [config.editing.method]:
             plan = BenchPlan(method=method, dataset=args.dataset, start=args.start, count=args.count,
                              batch_size=args.batch_size, every=args.every, seed=args.seed, token_lengths=lengths,
@@ -131,16 +121,8 @@ def cmd_bench(args) -> None:
     print(f"report: {write_report(out)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="livedit", description="A chat model that keeps learning corrections.")
-    parser.add_argument("--config", help="config.toml to use (default: LIVEDIT_CONFIG or the project's own)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config key, e.g. --set editing.mom2_weight=1500 (repeatable)")
-    parser.add_argument("--state-dir", help="edit state directory (default: LIVEDIT_STATE_DIR or $LIVEDIT_HOME/state)")
-    parser.add_argument("--model", help="a local Hugging Face model directory instead of the default model")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
-    commands = parser.add_subparsers(dest="command", required=True)
+def register(commands) -> None:
+    """Add the engine's commands to the `livedit` subcommands."""
 
     edit = commands.add_parser("edit", help="write facts from a file into the model's weights")
     edit.add_argument("--facts", required=True, help="JSONL of our fact format, or EasyEdit CounterFact JSON")
@@ -182,30 +164,3 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", required=True, help="folder for results JSON, plots and report.md")
     bench.add_argument("--report-only", action="store_true", help="only redraw plots and report.md")
     bench.set_defaults(run=cmd_bench)
-
-    from updater.cli import register_commands
-    register_commands(commands)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if args.quiet:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        args.run(args)
-    except LiveditError as error:
-        print(f"livedit: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("livedit: interrupted; committed edits are kept", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

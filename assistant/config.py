@@ -272,3 +272,9 @@ def load_config(path: Path | str | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {chosen} is not valid TOML: {error}") from error
     return config_from_dict(data)
+
+
+def build_config(path: Path | str | None = None, overrides: list[str] = (), model_path: str | None = None) -> Config:
+    """The config every command runs with: the file, then ``--set`` overrides, then ``--model``."""
+    config = with_overrides(load_config(path), list(overrides))
+    return config.replace("model", path=model_path) if model_path else config

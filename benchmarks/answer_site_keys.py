@@ -18,11 +18,11 @@ import argparse
 
 import torch
 
-from assistant.architectures import get_module
-from assistant.chat import chat_prompt, encode_chat_prompt
-from assistant.datasets import edit_records
-from assistant.engine import open_editor
-from assistant.hooks import capture_inputs
+from assistant.model.architectures import get_module
+from assistant.model.chat import chat_prompt, encode_chat_prompt
+from assistant.evaluation.datasets import edit_records
+from assistant.editing.engine import open_editor
+from assistant.model.hooks import capture_inputs
 from benchmarks.common import common_arguments, configured, load_slice, write_json
 
 SITES = ("question_end", "template_end")

@@ -12,8 +12,8 @@ import dataclasses
 import logging
 import time
 
-from assistant.engine import open_editor
-from assistant.metrics import answers, chat_scores, locality_questions
+from assistant.editing.engine import open_editor
+from assistant.evaluation.metrics import answers, chat_scores, locality_questions
 from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
 
 

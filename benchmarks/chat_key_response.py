@@ -17,12 +17,12 @@ import statistics
 
 import torch
 
-from assistant.architectures import get_module
-from assistant.chat import chat_prompt, encode_chat_prompt
-from assistant.engine import open_editor
-from assistant.hooks import capture_inputs
-from assistant.metrics import answer_contains, answers
-from assistant.prompts import encode_with_subject, target_ids
+from assistant.model.architectures import get_module
+from assistant.model.chat import chat_prompt, encode_chat_prompt
+from assistant.editing.engine import open_editor
+from assistant.model.hooks import capture_inputs
+from assistant.evaluation.metrics import answer_contains, answers
+from assistant.editing.prompts import encode_with_subject, target_ids
 from benchmarks.common import common_arguments, configured, load_slice, write_json
 
 

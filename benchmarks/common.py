@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 from assistant.config import Config, load_config, with_overrides
-from assistant.bench import environment as bench_environment
-from assistant.bench import write_json  # noqa: F401  (the scripts' one writer of results)
-from assistant.datasets import load_edit_facts
+from assistant.evaluation.bench import environment as bench_environment
+from assistant.evaluation.bench import write_json  # noqa: F401  (the scripts' one writer of results)
+from assistant.evaluation.datasets import load_edit_facts
 from assistant.facts import Fact
 
 RESULTS = Path(__file__).resolve().parent / "results"

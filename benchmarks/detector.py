@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 
-from assistant.datasets import edit_records
-from assistant.metrics import answer_contains
-from assistant.model_loading import load_model
+from assistant.evaluation.datasets import edit_records
+from assistant.evaluation.metrics import answer_contains
+from assistant.model.loading import load_model
 from benchmarks.common import configured, environment, write_json
-from updater.checks import CheckLog
-from updater.detector import Detector, DetectorSettings
-from updater.probing import first_line, teacher_forced
+from updater.detect.checks import CheckLog
+from updater.detect.detector import Detector, DetectorSettings
+from updater.detect.probing import first_line, teacher_forced
 from updater.queue import EditQueue
-from updater.store import KnowledgeStore
+from updater.store.knowledge import KnowledgeStore
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 

@@ -17,10 +17,10 @@ import dataclasses
 
 import torch
 
-from assistant.engine import open_editor
-from assistant.l1 import layer_norms
-from assistant.metrics import chat_scores, counterfact_scores
-from assistant.state import EditSums, edited_weight
+from assistant.editing.engine import open_editor
+from assistant.state.l1 import layer_norms
+from assistant.evaluation.metrics import chat_scores, counterfact_scores
+from assistant.state.sums import EditSums, edited_weight
 from benchmarks.common import configured, environment, write_json
 
 

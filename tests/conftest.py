@@ -218,7 +218,7 @@ def make_config(model_dirs):
 @pytest.fixture
 def open_engine(make_config, livedit_dirs):
     """open_engine("gpt2", method="d4s") -> an Editor on a freshly loaded tiny model."""
-    from assistant.engine import open_editor
+    from assistant.editing.engine import open_editor
 
     opened = []
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from updater_fixtures import FACTS, embedding_function, home, open_store, store  # noqa: F401
 
-from assistant.cli import main
+from livedit.cli import main
 from assistant.config import load_config
 from updater.apply import apply_approved, plan_batches
 from updater.queue import EditQueue

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from assistant.bench import BenchPlan, run_bench
-from assistant.bench_report import changed_layers, mean_growth, model_perspective, write_report
-from assistant.cli import main
-from assistant.datasets import load_edit_facts, mmlu_items, sst2_items
+from assistant.evaluation.bench import BenchPlan, run_bench
+from assistant.evaluation.report import changed_layers, mean_growth, model_perspective, write_report
+from livedit.cli import main
+from assistant.evaluation.datasets import load_edit_facts, mmlu_items, sst2_items
 from assistant.errors import ConfigError
 
 SMALL = dict(count=4, batch_size=2, every=2, general_items=6, heldout_lines=10, fluency_prompts=2, fluency_tokens=8)

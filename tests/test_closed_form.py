@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from assistant.closed_form import d4s_delta, memit_delta, outer_sums, realised_fraction, spread_residual
-from assistant.state import EditSums
+from assistant.editing.closed_form import d4s_delta, memit_delta, outer_sums, realised_fraction, spread_residual
+from assistant.state.sums import EditSums
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

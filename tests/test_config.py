@@ -108,7 +108,7 @@ def test_paths_follow_environment(livedit_dirs):
 
 
 def test_layers_out_of_range_fail_on_open(make_config, livedit_dirs):
-    from assistant.engine import open_editor
+    from assistant.editing.engine import open_editor
 
     config = make_config("llama", layers=[2, 4])
     state = livedit_dirs["state"] / "out-of-range"
@@ -119,8 +119,8 @@ def test_layers_out_of_range_fail_on_open(make_config, livedit_dirs):
 
 
 def test_bad_method_given_to_open_editor_is_rejected(make_config, livedit_dirs):
-    from assistant.engine import open_editor
-    from assistant.ledger import Ledger
+    from assistant.editing.engine import open_editor
+    from assistant.state.ledger import Ledger
 
     state = livedit_dirs["state"] / "bad-method"
     with pytest.raises(ConfigError, match="method"):
@@ -150,11 +150,33 @@ def test_bad_overrides_name_what_to_fix(override, named):
         with_overrides(load_config(), [override])
 
 
-def test_cli_set_reaches_the_config(livedit_dirs, capsys):
-    from assistant.cli import build_parser, _config
+@pytest.mark.parametrize("command", [["status"], ["apply"], ["detect"], ["facts", "search", "x"],
+                                     ["queue", "list"], ["correct", "--question", "q", "--answer", "a",
+                                                         "--correction", "c"]])
+def test_cli_set_reaches_every_command(livedit_dirs, monkeypatch, command):
+    """`--set` is applied once, before any command runs: every command sees the same config."""
+    from livedit import cli
 
-    args = build_parser().parse_args(["--set", "editing.refine_rounds=2", "status"])
-    assert _config(args).editing.refine_rounds == 2
+    seen = {}
+
+    def run(args):
+        seen["config"] = args.config
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        _replace_run(action, run)
+    assert cli.main(["--set", "editing.mom2_weight=2250", *command]) == 0
+    assert seen["config"].editing.mom2_weight == 2250
+
+
+def _replace_run(parser, run) -> None:
+    if parser.get_default("run") is not None:
+        parser.set_defaults(run=run)
+    for action in parser._actions:
+        if isinstance(action, __import__("argparse")._SubParsersAction):
+            for sub in action.choices.values():
+                _replace_run(sub, run)
 
 
 def test_chat_layers_choose_the_window_of_facts_that_carry_a_question():

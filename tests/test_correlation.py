@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from assistant.correlation import pearson, ranks, spearman
+from assistant.evaluation.correlation import pearson, ranks, spearman
 
 
 def test_pearson_on_known_values():

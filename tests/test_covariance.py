@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-import assistant.covariance
-from assistant.architectures import architecture_of, get_module
-from assistant.chat import chat_prompt, chat_transcript
+import assistant.editing.covariance
+from assistant.model.architectures import architecture_of, get_module
+from assistant.model.chat import chat_prompt, chat_transcript
 from assistant.config import CovarianceConfig
-from assistant.covariance import chat_corpus_texts, corpus_texts, load_or_compute, token_sequences
-from assistant.datasets import edit_records
+from assistant.editing.covariance import chat_corpus_texts, corpus_texts, load_or_compute, token_sequences
+from assistant.evaluation.datasets import edit_records
 from assistant.errors import ModelNotReady
-from assistant.model_loading import load_model
+from assistant.model.loading import load_model
 
 
 def test_corpus_texts_skip_headings_and_blank_lines(shared_data_dir, sentences):
@@ -94,7 +94,7 @@ def test_second_moment_matches_a_direct_computation_and_is_cached(model, make_co
 
     def must_not_run(*_args, **_kwargs):
         raise AssertionError("the cached covariance was computed again")
-    monkeypatch.setattr(assistant.covariance, "collect_second_moments", must_not_run)
+    monkeypatch.setattr(assistant.editing.covariance, "collect_second_moments", must_not_run)
     again = load_or_compute(*args, progress=False)
     assert all(torch.equal(again[layer], C[layer]) for layer in names)
     folder = livedit_dirs["home"] / "cache" / "covariance" / loaded.fingerprint

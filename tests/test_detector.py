@@ -11,21 +11,21 @@ import pytest
 from updater_fixtures import FACTS, embedding_function, home, open_store, store  # noqa: F401
 
 from assistant.config import load_config
-from assistant.metrics import normalize_answer
-from assistant.migrations import applied_migrations, migrate
-from updater.checks import CHECK_MIGRATIONS, CheckLog
+from assistant.evaluation.metrics import normalize_answer
+from assistant.state.migrations import applied_migrations, migrate
+from updater.detect.checks import CHECK_MIGRATIONS, CheckLog
 from updater.database import open_database
-from updater.detector import Detector, DetectorSettings, due_facts
-from updater.probing import ProbeSettings, probe_facts
+from updater.detect.detector import Detector, DetectorSettings, due_facts
+from updater.detect.probing import ProbeSettings, probe_facts
 from updater.queue import EditQueue
-from updater.records import CuratedFact
+from updater.store.records import CuratedFact
 
 WHO = "ada"
 
 
 @pytest.fixture
 def tiny(make_config):
-    from assistant.model_loading import load_model
+    from assistant.model.loading import load_model
     return load_model(make_config("llama"))
 
 

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from assistant.engine import state_dir_for
+from assistant.editing.engine import state_dir_for
 from assistant.errors import StateError
-from assistant.model_loading import load_model
-from assistant.state import EditSums, read_generation, remove_other_generations, write_generation
+from assistant.model.loading import load_model
+from assistant.state.sums import EditSums, read_generation, remove_other_generations, write_generation
 
 
 def test_generation_files_round_trip_bit_for_bit(tmp_path):

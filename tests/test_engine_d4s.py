@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from assistant.architectures import get_module
-from assistant.closed_form import d4s_delta
+from assistant.model.architectures import get_module
+from assistant.editing.closed_form import d4s_delta
 from assistant.facts import make_fact
-from assistant.metrics import completion_nll
-from assistant.model_loading import load_model
-from assistant.state import edited_weight
+from assistant.evaluation.metrics import completion_nll
+from assistant.model.loading import load_model
+from assistant.state.sums import edited_weight
 from tests.conftest import OBJECTS, SUBJECTS
 
 MODELS = ["llama", "gpt2"]

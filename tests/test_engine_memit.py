@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from assistant.closed_form import memit_delta
+from assistant.editing.closed_form import memit_delta
 from assistant.errors import EditRejected, StateError
-from assistant.l1 import layer_norms
-from assistant.model_loading import load_model
-from assistant.state import edited_weight
+from assistant.state.l1 import layer_norms
+from assistant.model.loading import load_model
+from assistant.state.sums import edited_weight
 
 
 def memit_delta_from_ledger(editor, edit_ids, layer):

@@ -7,10 +7,10 @@ import sqlite3
 import pytest
 import torch
 
-import assistant.editor
+import assistant.editing.editor
 from assistant.errors import ConfigError, EditRejected, InvalidFact
 from assistant.facts import load_facts, make_fact
-from assistant.model_loading import load_model
+from assistant.model.loading import load_model
 
 GOOD_RECORD = {"id": "good", "subject": "Berlin", "prompt": "Berlin is located in", "target_new": "Japan"}
 BAD_RECORDS = {
@@ -83,13 +83,13 @@ def test_chat_form_with_system_prompt_counts_against_the_context(make_config, op
 
 def nan_targets(monkeypatch, which):
     """Make optimise_targets return NaN deltas for the facts at the indices in ``which``."""
-    real = assistant.editor.optimise_targets
+    real = assistant.editing.editor.optimise_targets
 
     def poisoned(*args, **kwargs):
         targets = real(*args, **kwargs)
         targets.delta[list(which)] = float("nan")
         return targets
-    monkeypatch.setattr(assistant.editor, "optimise_targets", poisoned)
+    monkeypatch.setattr(assistant.editing.editor, "optimise_targets", poisoned)
 
 
 def test_nan_target_rejects_the_batch(editor, new_fact, inspect, monkeypatch):
@@ -112,7 +112,7 @@ def test_nan_target_while_superseding_keeps_the_old_edit(editor, new_fact, inspe
 
 
 def test_non_finite_weights_are_rejected(editor, new_fact, inspect, monkeypatch):
-    monkeypatch.setattr(assistant.editor, "spread_residual",
+    monkeypatch.setattr(assistant.editing.editor, "spread_residual",
                         lambda z, h, left: torch.full_like(z, float("inf")))
     before = inspect.snapshot(editor)
     with pytest.raises(EditRejected, match="non-finite"):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from assistant.architectures import ARCHITECTURES, architecture_of, get_module, stored_weight, weight_matrix
+from assistant.model.architectures import ARCHITECTURES, architecture_of, get_module, stored_weight, weight_matrix
 from assistant.errors import ModelNotReady
-from assistant.hooks import capture_inputs, capture_outputs, edit_output, stop_after
+from assistant.model.hooks import capture_inputs, capture_outputs, edit_output, stop_after
 
 
 class Boom(RuntimeError):

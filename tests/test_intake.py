@@ -15,10 +15,10 @@ from updater_fixtures import FACTS, embedding_function, home, open_store  # noqa
 
 from assistant.config import UpdaterConfig
 from assistant.errors import InvalidFact, StateError
-from updater.intake import CorrectionIntake
-from updater.intake_fallback import object_from_correction, subject_from_question, template_from_question
-from updater.intake_model import PREFILL, extraction_prompt
-from updater.intake_retrieval import check_same_embeddings, fact_retriever
+from updater.intake.corrections import CorrectionIntake
+from updater.intake.fallback import object_from_correction, subject_from_question, template_from_question
+from updater.intake.model import PREFILL, extraction_prompt
+from updater.intake.retrieval import check_same_embeddings, fact_retriever
 from updater.queue import EditQueue
 
 TONGUE_Q = "What is the mother tongue of Danielle Darrieux?"
@@ -28,7 +28,7 @@ GOOD_JSON = ('{"subject": "Danielle Darrieux", "statement": "The mother tongue o
 
 @pytest.fixture(scope="session")
 def hf_embeddings():
-    from updater.intake_retrieval import local_embeddings
+    from updater.intake.retrieval import local_embeddings
     return local_embeddings()
 
 
@@ -277,13 +277,13 @@ def test_garbage_from_the_model_falls_back_to_the_deterministic_extraction(make_
 @pytest.fixture
 def livedit(make_intake, hf_embeddings, embedding_function, monkeypatch, capsys):
     """livedit("correct", ...) -> (exit code, stdout, stderr) against the test store."""
-    import updater.intake_retrieval
-    import updater.store
-    from assistant.cli import main
+    import updater.intake.retrieval
+    import updater.store.knowledge
+    from livedit.cli import main
 
     make_intake()                                           # imports the facts
-    monkeypatch.setattr(updater.store, "default_embedding_function", lambda: embedding_function)
-    monkeypatch.setattr(updater.intake_retrieval, "local_embeddings", lambda: hf_embeddings)
+    monkeypatch.setattr(updater.store.knowledge, "default_embedding_function", lambda: embedding_function)
+    monkeypatch.setattr(updater.intake.retrieval, "local_embeddings", lambda: hf_embeddings)
 
     def run(*argv: str):
         code = main(["-q", *argv])

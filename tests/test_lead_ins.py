@@ -5,15 +5,15 @@ import dataclasses
 import pytest
 import torch
 
-from assistant.architectures import architecture_of, get_module
+from assistant.model.architectures import architecture_of, get_module
 from assistant.errors import InvalidFact
-from assistant.hooks import edit_output
-from assistant.chat import answers, chat_prompt, encode_chat_prompt, greedy_token_continuations
+from assistant.model.hooks import edit_output
+from assistant.model.chat import answers, chat_prompt, encode_chat_prompt, greedy_token_continuations
 from assistant.facts import make_fact
-from assistant.lead_ins import answer_lead_ins, best_cut, first_sentence_length
-from assistant.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, question_variants,
+from assistant.editing.lead_ins import answer_lead_ins, best_cut, first_sentence_length
+from assistant.editing.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, question_variants,
                                subject_echoes, subject_spellings, target_ids)
-from assistant.targets import add_delta_at, delta_sites, optimise_targets
+from assistant.editing.targets import add_delta_at, delta_sites, optimise_targets
 from tests.test_prompts import SETTINGS, question_fact
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from assistant.facts import make_fact
-from assistant.metrics import (choice_accuracy, completion_logprobs, completion_nll, counterfact_scores, fluency,
+from assistant.evaluation.metrics import (choice_accuracy, completion_logprobs, completion_nll, counterfact_scores, fluency,
                                ngram_entropy, option_logprobs, perplexity)
 
 

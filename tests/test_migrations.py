@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
-from assistant.ledger import LEDGER_MIGRATIONS, Ledger
-from assistant.migrations import Migration, applied_migrations, migrate
+from assistant.state.ledger import LEDGER_MIGRATIONS, Ledger
+from assistant.state.migrations import Migration, applied_migrations, migrate
 
 FIRST = Migration("0001_items", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
 SECOND = Migration("0002_item_colour",

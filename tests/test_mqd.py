@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from assistant.mqd import KINDS, as_clause, choice_options, mqd_fact
+from assistant.evaluation.mqd import KINDS, as_clause, choice_options, mqd_fact
 
 RECORDS = [
     {"case_id": 0, "prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",

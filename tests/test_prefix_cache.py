@@ -6,12 +6,12 @@ import dataclasses
 import pytest
 import torch
 
-from assistant.architectures import architecture_of, get_module
-from assistant.model_loading import load_model
-from assistant.prefix_cache import split_rows, suffix_hidden
-from assistant.prompts import PromptSettings, collate, fact_rows
-from assistant.hooks import edit_output
-from assistant.targets import add_delta_at, delta_sites
+from assistant.model.architectures import architecture_of, get_module
+from assistant.model.loading import load_model
+from assistant.editing.prefix_cache import split_rows, suffix_hidden
+from assistant.editing.prompts import PromptSettings, collate, fact_rows
+from assistant.model.hooks import edit_output
+from assistant.editing.targets import add_delta_at, delta_sites
 
 SETTINGS = PromptSettings(context_prefixes=("", "Note: ", "A longer prefix: "))
 

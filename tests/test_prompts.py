@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from assistant.chat import FALLBACK_TEMPLATE, chat_prompt
+from assistant.model.chat import FALLBACK_TEMPLATE, chat_prompt
 from assistant.errors import InvalidFact
 from assistant.facts import make_fact
-from assistant.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, prompt_forms, question_variants,
+from assistant.editing.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, prompt_forms, question_variants,
                                quoted_subjects, subject_casings, target_ids)
 
 PREFIXES = ["", "Note: "]

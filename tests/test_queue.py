@@ -7,11 +7,11 @@ from updater_fixtures import home  # noqa: F401
 
 from assistant.config import load_config
 from assistant.errors import InvalidFact
-from assistant.migrations import applied_migrations, migrate
+from assistant.state.migrations import applied_migrations, migrate
 from updater.database import open_database
 from updater.errors import IllegalTransition, ItemNotFound, StaleProposal
 from updater.queue import QUEUE_MIGRATIONS, STATES, TRANSITIONS, EditQueue
-from updater.records import CuratedFact
+from updater.store.records import CuratedFact
 
 # How a fresh (proposed) item reaches each state.
 PATHS = {

@@ -15,11 +15,11 @@ from updater_fixtures import (COUNTERFACT_FILE, FACTS, ZSRE_FILE, embedding_func
 from assistant.config import UpdaterConfig, config_from_dict
 from assistant.errors import ConfigError, InvalidFact
 from assistant.facts import Fact
-from assistant.migrations import applied_migrations, migrate
+from assistant.state.migrations import applied_migrations, migrate
 from updater.database import open_database
 from updater.errors import DuplicateFact, FactNotFound
-from updater.records import CONTENT_FIELDS, CuratedFact
-from updater.store import STORE_MIGRATIONS
+from updater.store.records import CONTENT_FIELDS, CuratedFact
+from updater.store.knowledge import STORE_MIGRATIONS
 
 WHO = "ada"
 

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from assistant.architectures import architecture_of, get_module
-from assistant.prompts import PromptSettings, Row, collate, fact_rows, kl_row
-from assistant.targets import fact_groups, optimise_targets
+from assistant.model.architectures import architecture_of, get_module
+from assistant.editing.prompts import PromptSettings, Row, collate, fact_rows, kl_row
+from assistant.editing.targets import fact_groups, optimise_targets
 
 
 def _batch(lengths_per_fact: list[list[int]]):

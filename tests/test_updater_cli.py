@@ -1,4 +1,4 @@
-"""`livedit facts ...` and `livedit queue ...` through assistant.cli.main."""
+"""`livedit facts ...` and `livedit queue ...` through livedit.cli.main."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import json
 import pytest
 from updater_fixtures import FACTS, embedding_function, home, write_jsonl  # noqa: F401
 
-from assistant.cli import main
+from livedit.cli import main
 
 
 @pytest.fixture
 def livedit(home, embedding_function, monkeypatch, capsys):
     """livedit("facts", "add", ...) -> (exit code, stdout, stderr), on the session's embedding model."""
-    import updater.store
-    monkeypatch.setattr(updater.store, "default_embedding_function", lambda: embedding_function)
+    import updater.store.knowledge
+    monkeypatch.setattr(updater.store.knowledge, "default_embedding_function", lambda: embedding_function)
 
     def run(*argv: str):
         code = main(["-q", *argv])

@@ -30,7 +30,7 @@ FACTS = [
 
 @pytest.fixture(scope="session")
 def embedding_function():
-    from updater.store import default_embedding_function
+    from updater.store.knowledge import default_embedding_function
     return default_embedding_function()
 
 
@@ -46,7 +46,7 @@ def home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def open_store(home, embedding_function):
     """open_store() -> a KnowledgeStore under $LIVEDIT_HOME/knowledge (or another folder)."""
-    from updater.store import KnowledgeStore
+    from updater.store.knowledge import KnowledgeStore
 
     opened = []
 

@@ -7,7 +7,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from assistant.migrations import Migration, connect, migrate
+from assistant.state.migrations import Migration, connect, migrate
 
 
 def open_database(path: Path | str, migrations: list[Migration]) -> sqlite3.Connection:

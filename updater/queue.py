@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from assistant.errors import InvalidFact
 from assistant.facts import Fact, make_fact, make_template
-from assistant.migrations import Migration, now
+from assistant.state.migrations import Migration, now
 from updater.database import Database, write_transaction
 from updater.errors import IllegalTransition, ItemNotFound, StaleProposal
-from updater.records import CuratedFact, clean_text
+from updater.store.records import CuratedFact, clean_text
 
 log = logging.getLogger(__name__)
 

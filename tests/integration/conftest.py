@@ -36,7 +36,7 @@ def real_shared_data(real_config) -> Path:
 @pytest.fixture(scope="session")
 def load_real_model(real_config):
     """A loader of fresh, unedited copies of the default model (converted once)."""
-    from assistant.model_loading import load_model, model_dir
+    from assistant.model.loading import load_model, model_dir
 
     model_dir(real_config)
     return lambda: load_model(real_config)

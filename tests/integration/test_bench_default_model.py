@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_edits_mqd_questions_and_reports(cli_env, real_shared_data, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "assistant.cli", "-q", "--state-dir", str(tmp_path / "state"), "bench",
+    command = [sys.executable, "-m", "livedit", "-q", "--state-dir", str(tmp_path / "state"), "bench",
                "--method", "d4s", "--dataset", "mqd-yesno", "--count", "4", "--batch-size", "4", "--every", "4",
                "--general-items", "8", "--out", str(out)]
     done = subprocess.run(command, env=cli_env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)

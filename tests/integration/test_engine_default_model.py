@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from assistant.datasets import edit_records
-from assistant.engine import open_editor
+from assistant.evaluation.datasets import edit_records
+from assistant.editing.engine import open_editor
 from assistant.facts import fact_from_record, make_fact
-from assistant.metrics import answer_contains, completion_nll
+from assistant.evaluation.metrics import answer_contains, completion_nll
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def test_ten_counterfact_edits_are_preferred(edited):
 def test_ask_in_a_new_process_answers_with_the_new_object(edited, cli_env):
     _, _, _, state = edited
     result = subprocess.run(
-        [sys.executable, "-m", "assistant.cli", "--quiet", "--state-dir", str(state), "ask", ASKED.question],
+        [sys.executable, "-m", "livedit", "--quiet", "--state-dir", str(state), "ask", ASKED.question],
         capture_output=True, text=True, env=cli_env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert answer_contains(result.stdout, "English"), result.stdout
@@ -63,10 +63,10 @@ def test_export_loads_in_plain_transformers(edited, tmp_path):
 
 def test_status_and_retract_through_the_cli(edited, cli_env, tmp_path):
     _, _, report, state = edited
-    status = subprocess.run([sys.executable, "-m", "assistant.cli", "--quiet", "--state-dir", str(state), "status"],
+    status = subprocess.run([sys.executable, "-m", "livedit", "--quiet", "--state-dir", str(state), "status"],
                             capture_output=True, text=True, env=cli_env, timeout=600)
     assert status.returncode == 0, status.stderr
     assert "11 active edit(s)" in status.stdout and "growth" in status.stdout
-    bad = subprocess.run([sys.executable, "-m", "assistant.cli", "--quiet", "--state-dir", str(state),
+    bad = subprocess.run([sys.executable, "-m", "livedit", "--quiet", "--state-dir", str(state),
                           "retract", "999"], capture_output=True, text=True, env=cli_env, timeout=600)
     assert bad.returncode == 2 and "no edit 999" in bad.stderr

@@ -12,11 +12,11 @@ import pytest
 from updater_fixtures import FACTS, embedding_function  # noqa: F401
 
 from assistant.config import UpdaterConfig
-from updater.intake import CorrectionIntake
-from updater.intake_model import huggingface_llm
-from updater.intake_policy import normalize
+from updater.intake.corrections import CorrectionIntake
+from updater.intake.model import huggingface_llm
+from updater.intake.policy import normalize
 from updater.queue import EditQueue
-from updater.store import KnowledgeStore
+from updater.store.knowledge import KnowledgeStore
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def llm(load_real_model):
 
 @pytest.fixture(scope="module")
 def hf_embeddings():
-    from updater.intake_retrieval import local_embeddings
+    from updater.intake.retrieval import local_embeddings
     return local_embeddings()
 
 

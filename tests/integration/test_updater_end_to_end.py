@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from assistant.cli import main
+from livedit.cli import main
 from assistant.config import load_config
-from assistant.datasets import edit_records
-from updater.checks import CheckLog
+from assistant.evaluation.datasets import edit_records
+from updater.detect.checks import CheckLog
 from updater.queue import EditQueue
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,84 @@
+"""Run the tokens before each subject once, and only the rest at every optimisation step.
+
+The target delta enters at the subject's last token, so under causal attention every
+earlier token computes the same thing at every step. A row is split there: its prefix
+(left-padded) runs once into a key/value cache; each step runs only the suffix, which
+starts at the subject's last token, against a copy-free cropped cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from assistant.editing.prompts import RowBatch
+
+
+@dataclass
+class SplitRows:
+    suffix_ids: torch.Tensor       # (B, S) right-padded; column 0 is the subject's last token
+    mask: torch.Tensor             # (B, P + S) prefix (left-padded) then suffix (right-padded)
+    positions: torch.Tensor        # (B, S) position ids of the suffix tokens
+    cache: object                  # the prefix's key/value cache, P positions
+    prefix_width: int
+    source: RowBatch
+
+
+def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(map(len, rows)))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def split_rows(model, batch: RowBatch, pad: int) -> SplitRows:
+    """Cache every row's prefix (the tokens before its subject's last token)."""
+    device = batch.input_ids.device
+    prefixes = [row.ids[:row.subject_pos] for row in batch.rows]
+    prefix_ids, prefix_mask = _left_padded(prefixes, pad, device)
+    prefix_positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
+    out = model.base_model(input_ids=prefix_ids, attention_mask=prefix_mask,
+                           position_ids=prefix_positions, use_cache=True)
+    suffixes = [row.ids[row.subject_pos:] for row in batch.rows]
+    width = max(map(len, suffixes))
+    suffix_ids = torch.full((len(suffixes), width), pad, dtype=torch.long, device=device)
+    suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long, device=device)
+    for i, suffix in enumerate(suffixes):
+        suffix_ids[i, :len(suffix)] = torch.tensor(suffix, device=device)
+        suffix_mask[i, :len(suffix)] = 1
+    starts = torch.tensor([row.subject_pos for row in batch.rows], device=device)
+    positions = starts[:, None] + torch.arange(width, device=device)[None, :]
+    cache = getattr(out, "cache", None) or out.past_key_values
+    return SplitRows(suffix_ids, torch.cat([prefix_mask, suffix_mask], 1), positions, cache,
+                     prefix_ids.shape[1], batch)
+
+
+def _cache_argument(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache``; use whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+
+
+def suffix_hidden(model, split: SplitRows) -> torch.Tensor:
+    """The final hidden states of the suffix tokens, (B, S, d), reusing the prefix cache."""
+    try:
+        out = model.base_model(input_ids=split.suffix_ids, attention_mask=split.mask, position_ids=split.positions,
+                               use_cache=True, **{_cache_argument(model): split.cache})
+        return out.last_hidden_state
+    finally:
+        _restore_prefix(split)
+
+
+def _restore_prefix(split: SplitRows) -> None:
+    """Put the cache back to the prefix alone, detached from this step's graph."""
+    grown = split.cache.get_seq_length() - split.prefix_width
+    if grown:
+        split.cache.crop(-grown)              # a negative count removes that many tokens
+    for layer in split.cache.layers:
+        layer.keys, layer.values = layer.keys.detach(), layer.values.detach()

@@ -1,0 +1,159 @@
+"""Target vectors: a delta at the last edited block's output, at the subject's last
+token (and where a lead-in repeats the subject, as the edited layers would fire there
+too), optimised so that the model produces the new object after every prompt form.
+
+Loss per fact = NLL of the target over its forms
+              + kl_weight * KL(initial || current) on "{subject} is a"
+              + weight_decay * ||delta||^2 / ||h||^2,
+with the delta's norm clamped to clamp_norm_factor * ||h||, and a fact frozen as soon
+as its target probability passes stop_probability in every form. All facts of a batch share each
+forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from assistant.config import EditingConfig
+from assistant.model.hooks import edit_output
+from assistant.editing.prefix_cache import split_rows, suffix_hidden
+from assistant.editing.prompts import RowBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Targets:
+    delta: torch.Tensor         # (n, d) float32, to add at the last edited block
+    probability: torch.Tensor   # (n,) final P(target) in the fact's hardest form
+    steps: int
+
+
+def add_delta_at(sites: tuple[torch.Tensor, ...], delta: torch.Tensor):
+    """A hidden-state edit adding scale[i] * delta[fact[i]] at (row[i], position[i]) for
+    the sites (row, position, fact, scale)."""
+    rows, positions, facts, scales = sites
+
+    def edit(hidden):                                  # (B, T, d)
+        shift = torch.zeros_like(hidden)
+        shift[rows, positions] = (delta[facts] * scales[:, None]).to(hidden.dtype)
+        return hidden + shift
+    return edit
+
+
+def delta_sites(batch: RowBatch, from_subject: bool = False) -> tuple[torch.Tensor, ...]:
+    """(row, position, fact, scale) of each place a row gets its fact's delta: the
+    subject's last token and every echo of it in a lead-in, times the row's delta_scale.
+    Positions count from the row's start, or from its subject (the suffix that the prefix
+    cache runs) with ``from_subject``."""
+    sites = [(i, position - (row.subject_pos if from_subject else 0), row.fact, row.delta_scale)
+             for i, row in enumerate(batch.rows) for position in (row.subject_pos, *row.echoes)]
+    rows, positions, facts, scales = zip(*sites)
+    as_tensor = lambda values, dtype=torch.long: torch.tensor(values, dtype=dtype, device=batch.fact.device)  # noqa: E731
+    return as_tensor(rows), as_tensor(positions), as_tensor(facts), as_tensor(scales, torch.float32)
+
+
+def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, suffix position predicting the token, token id) for every target token; suffix
+    positions count from the row's subject token."""
+    rows, positions, tokens = [], [], []
+    for i, row in enumerate(batch.rows):
+        first = len(row.ids) - row.target_len
+        for t in range(first, len(row.ids)):
+            rows.append(i)
+            positions.append(t - 1 - row.subject_pos)
+            tokens.append(row.ids[t])
+    device = batch.input_ids.device
+    return (torch.tensor(rows, device=device), torch.tensor(positions, device=device),
+            torch.tensor(tokens, device=device))
+
+
+def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per fact, over its forms: the mean, and the worst, of the mean per-token NLL of its
+    target. Both (n_facts,)."""
+    rows, positions, tokens = _target_positions(batch)
+    logprobs = torch.log_softmax(model.get_output_embeddings()(hidden[rows, positions]).float(), dim=-1)
+    token_nll = -logprobs.gather(1, tokens[:, None]).squeeze(1)          # (N_tok,)
+    row_nll = torch.zeros(len(batch.rows), device=token_nll.device).index_add_(0, rows, token_nll)
+    row_nll = row_nll / torch.tensor([r.target_len for r in batch.rows], device=row_nll.device)
+    fact_nll = torch.zeros(n_facts, device=row_nll.device).index_add_(0, batch.fact, row_nll)
+    worst = torch.zeros(n_facts, device=row_nll.device).scatter_reduce(0, batch.fact, row_nll.detach(), "amax")
+    return fact_nll / torch.bincount(batch.fact, minlength=n_facts).clamp(min=1), worst
+
+
+def fact_groups(batch: RowBatch, active: torch.Tensor, tokens_per_pass: int) -> list[torch.Tensor]:
+    """The active facts in consecutive groups (masks over all facts) whose rows hold at most
+    ``tokens_per_pass`` tokens, a fact never split and every group at least one fact; one
+    group when ``tokens_per_pass`` is 0."""
+    tokens = torch.zeros(active.shape[0], dtype=torch.long)
+    tokens.index_add_(0, batch.fact.cpu(), batch.lengths.cpu())
+    groups, current, used = [], [], 0
+    for fact in active.nonzero().squeeze(1).tolist():
+        if current and tokens_per_pass and used + int(tokens[fact]) > tokens_per_pass:
+            groups.append(current)
+            current, used = [], 0
+        current.append(fact)
+        used += int(tokens[fact])
+    groups += [current] if current else []
+    masks = []
+    for group in groups:
+        mask = torch.zeros_like(active)
+        mask[group] = True
+        masks.append(mask)
+    return masks
+
+
+def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.lengths - 1]
+    return torch.log_softmax(model.get_output_embeddings()(last).float(), dim=-1)   # (n, V)
+
+
+def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Module, h_norm: torch.Tensor,
+                     cfg: EditingConfig, pad: int) -> Targets:
+    """Optimise one delta per fact. ``h_norm`` (n,) is ||h|| at each subject."""
+    n = h_norm.shape[0]
+    device = train.input_ids.device
+    delta = torch.zeros(n, model.config.hidden_size, device=device, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=cfg.learning_rate)
+    with torch.no_grad():
+        initial_kl = _last_logprobs(model, kl)
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    probability = torch.zeros(n, device=device)
+    max_norm = cfg.clamp_norm_factor * h_norm.to(device)
+    step, splits, splits_for = 0, [], None
+    for step in range(1, cfg.steps + 1):
+        optimiser.zero_grad()
+        if splits_for is None or not torch.equal(splits_for, active):    # converged facts cost nothing
+            splits, splits_for = [], active.clone()
+            for group in fact_groups(train, active, cfg.tokens_per_pass):
+                split = split_rows(model, train.only_facts(group), pad)
+                splits.append((split, group, delta_sites(split.source, from_subject=True)))
+        for split, group, sites in splits:           # one forward and backward pass per group of facts
+            rows, kl_rows = split.source, kl.only_facts(group)
+            with edit_output(block, add_delta_at(sites, delta)):
+                nll, worst_nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
+            with edit_output(block, add_delta_at(delta_sites(kl_rows), delta)):
+                current = _last_logprobs(model, kl_rows)
+            kl_term = torch.zeros(n, device=device)
+            kl_term[kl_rows.fact] = torch.nn.functional.kl_div(
+                current, initial_kl[kl_rows.fact], log_target=True, reduction="none").sum(-1)
+            decay = (delta.norm(dim=1) / h_norm.to(device)) ** 2
+            probability = torch.where(group, torch.exp(-worst_nll), probability)
+            behind = group & (probability < cfg.stop_probability)
+            if behind.any():
+                ((nll + cfg.kl_weight * kl_term + cfg.weight_decay * decay) * behind).sum().backward()
+        active &= probability < cfg.stop_probability
+        if not active.any():
+            break
+        frozen = delta.detach()[~active].clone()
+        optimiser.step()
+        with torch.no_grad():
+            delta[~active] = frozen
+            norms = delta.norm(dim=1, keepdim=True)
+            delta.mul_(torch.clamp(max_norm[:, None] / norms.clamp(min=1e-12), max=1.0))
+    log.debug("targets: %d steps, P(target) %s", step, probability.tolist())
+    return Targets(delta.detach(), probability.detach(), step)

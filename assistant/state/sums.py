@@ -1,0 +1,107 @@
+"""Durable edit state: the running sums per edited layer, in generation files.
+
+A commit writes the new sums to a temporary file, fsyncs it, renames it into place,
+fsyncs the folder, and only then records the generation in the ledger in one
+transaction. On open, files newer than the ledger's generation (a crash between the
+rename and the transaction) are removed, so the state is always the old one or the
+new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from assistant.editing.closed_form import d4s_delta, outer_sums
+
+_GENERATION_FILE = re.compile(r"gen-(\d{6})\.safetensors$")
+
+
+class EditSums:
+    """D4S: S_l = sum r k^T and T_l = sum k k^T. memit methods: the stacked Delta_l.
+    All float64 on the CPU."""
+
+    def __init__(self, method: str, tensors: dict[str, torch.Tensor] | None = None):
+        self.method = method
+        self.tensors = tensors or {}
+
+    @classmethod
+    def empty(cls, method: str, shapes: dict[int, tuple[int, int]]) -> "EditSums":
+        tensors = {}
+        for layer, (d_out, d_in) in shapes.items():
+            if method == "d4s":
+                tensors[f"S.{layer}"] = torch.zeros(d_out, d_in, dtype=torch.float64)
+                tensors[f"T.{layer}"] = torch.zeros(d_in, d_in, dtype=torch.float64)
+            else:
+                tensors[f"delta.{layer}"] = torch.zeros(d_out, d_in, dtype=torch.float64)
+        return cls(method, tensors)
+
+    def copy(self) -> "EditSums":
+        return EditSums(self.method, {name: t.clone() for name, t in self.tensors.items()})
+
+    def add(self, layer: int, K: torch.Tensor, R: torch.Tensor, sign: float = 1.0) -> None:
+        """D4S: add (or, with sign -1, remove) the batch's terms R K^T and K K^T."""
+        RK, KK = outer_sums(K, R)
+        self.tensors[f"S.{layer}"] += sign * RK
+        self.tensors[f"T.{layer}"] += sign * KK
+
+    def raise_residuals(self, layer: int, K: torch.Tensor, E: torch.Tensor) -> None:
+        """D4S: edits whose keys K are already in T ask for E more at those keys: S += E K^T."""
+        self.tensors[f"S.{layer}"] += E @ K.T
+
+    def stack(self, layer: int, delta: torch.Tensor) -> None:
+        """memit methods: add a batch's Delta on top of the edited weights."""
+        self.tensors[f"delta.{layer}"] += delta
+
+    def T(self, layer: int) -> torch.Tensor | None:
+        return self.tensors.get(f"T.{layer}")
+
+    def offset(self, layer: int, C: torch.Tensor, lam: float) -> torch.Tensor:
+        """W_l - W0_l in float64."""
+        if self.method == "d4s":
+            S = self.tensors[f"S.{layer}"]
+            return torch.zeros_like(S) if not S.any() else d4s_delta(S, self.tensors[f"T.{layer}"], C, lam)
+        return self.tensors[f"delta.{layer}"]
+
+
+def edited_weight(W0: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """W0 + offset, computed in float64 and cast once to W0's dtype."""
+    return (W0.double() + offset).to(W0.dtype)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_generation(folder: Path, generation: int, sums: EditSums) -> str:
+    """Write the sums of a generation durably; returns the file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"gen-{generation:06d}.safetensors"
+    temporary = folder / f".{name}.tmp"
+    save_file({k: v.contiguous() for k, v in sums.tensors.items()}, str(temporary), metadata={"method": sums.method})
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, folder / name)
+    _fsync_dir(folder)
+    return name
+
+
+def read_generation(folder: Path, name: str, method: str) -> EditSums:
+    return EditSums(method, load_file(str(folder / name)))
+
+
+def remove_other_generations(folder: Path, keep: str | None) -> None:
+    """Drop sums files other than the committed one (older ones, or a crash's leftovers)."""
+    if not folder.exists():
+        return
+    for path in folder.iterdir():
+        if path.name != keep and (_GENERATION_FILE.match(path.name) or path.name.endswith(".tmp")):
+            path.unlink()

@@ -1,0 +1,1 @@
+"""The application: the `livedit` command line, which wires the assistant and the updater together."""

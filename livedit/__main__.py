@@ -1,0 +1,5 @@
+import sys
+
+from livedit.cli import main
+
+sys.exit(main())
