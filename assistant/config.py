@@ -2,6 +2,9 @@
 
 Unknown sections and keys are errors that name the section and the key. Each
 dataclass checks its own values in ``__post_init__`` and says how to fix them.
+The dataclass defaults are the one source of defaults (the measured ones); config.toml
+states every one of them, and a test keeps the two equal, so a partial file or none
+runs the same settings.
 """
 
 from __future__ import annotations
@@ -82,12 +85,12 @@ class EditingConfig:
     method: str = _help("d4s, memit-seq or memit", "d4s")
     layers: list = _help("edited layer indices, ascending", [3, 4, 5, 6, 7])
     chat_layers: list = _help("edited layer indices for facts that carry a question (chat edits), "
-                              "ascending; [] = the same as layers", [])
-    mom2_weight: float = _help("lambda: weight of the covariance term", 150.0)
+                              "ascending; [] = the same as layers", [6, 7, 8, 9, 10])
+    mom2_weight: float = _help("lambda: weight of the covariance term", 500.0)
     batch_size: int = _help("facts per editing batch", 16)
-    context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. "])
+    context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. ", "I learned that ", "Did you know? "])
     chat_prefixes: list = _help("prefixes inside the user turn before a fact's question; one chat form each", [""])
-    case_variants: bool = _help("also chat forms with the subject in Title Case and in lower case", False)
+    case_variants: bool = _help("also chat forms with the subject in Title Case and in lower case", True)
     quote_variants: bool = _help("also chat forms with the subject in double quotes, as written and (with "
                                  "case_variants) in Title Case", False)
     question_variants: int = _help("also this many chat forms of a fact's question with some other words "
@@ -95,25 +98,25 @@ class EditingConfig:
     weakened_delta: float = _help("also train each chat form (and lead-in) with only this fraction of the "
                                   "delta, as a rephrased question's key draws less of it; 0 = off", 0.0)
     kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
-    steps: int = _help("maximum gradient steps of the target optimisation", 60)
+    steps: int = _help("maximum gradient steps of the target optimisation", 100)
     learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)
     clamp_norm_factor: float = _help("the delta's norm is clamped to this times ||h||", 10.0)
     kl_weight: float = _help("weight of the KL term", 0.0625)
     weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
-    stop_probability: float = _help("stop optimising a fact once P(target) exceeds this in every form", 0.9)
+    stop_probability: float = _help("stop optimising a fact once P(target) exceeds this in every form", 0.97)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
     refine_rounds: int = _help("rounds that re-check each fact on the edited model and raise the residuals "
-                               "of those still below stop_probability", 0)
+                               "of those still below stop_probability", 2)
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
-                                "searched in this many answer tokens; 0 = off", 0)
+                                "searched in this many answer tokens; 0 = off", 24)
     lead_in_asks: list = _help("ways of putting the question to the model for lead-ins, {} the question; "
                                "each distinct restatement it draws is one more lead-in", ["{}"])
     lead_in_echoes: bool = _help("in lead-in rows, add the delta also where the lead-in repeats the subject, "
                                  "as the edited layers do when the model restates it", False)
     tokens_per_pass: int = _help("most prompt tokens in one forward and backward pass of the target "
                                  "optimisation; a batch beyond it runs in groups of facts (same result, "
-                                 "less memory); 0 = no limit", 0)
+                                 "less memory); 0 = no limit", 4096)
     max_prompt_tokens: int = _help("longest accepted prompt; 0 = the model's context length", 0)
 
     def __post_init__(self):

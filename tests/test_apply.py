@@ -142,6 +142,9 @@ path = "{model_dir}"
 device = "cpu"
 [editing]
 layers = [1, 2]
+chat_layers = []
+refine_rounds = 0
+lead_in_tokens = 0
 mom2_weight = 10.0
 steps = 6
 batch_size = 4

@@ -193,3 +193,28 @@ def test_covariance_corpora_take_the_chat_turns_and_name_the_choices():
     with pytest.raises(ConfigError) as error:
         config_from_dict({"covariance": {"corpora": ["c4"]}})
     assert "wikitext2_raw, me_ppl, zsre_chat" in str(error.value)
+
+
+def test_config_toml_states_every_default():
+    """config.toml documents the defaults: every key of every section is in it, with the
+    dataclass's own default value (so a partial file, or none, runs the same settings)."""
+    import tomllib
+
+    written = tomllib.loads(DEFAULT_CONFIG_FILE.read_text(encoding="utf-8"))
+    defaults = Config()
+    assert set(written) == {section.name for section in dataclasses.fields(Config)}
+    for section in dataclasses.fields(Config):
+        keys = [f.name for f in dataclasses.fields(getattr(defaults, section.name))]
+        assert set(written[section.name]) == set(keys), f"[{section.name}] in config.toml"
+        loaded = getattr(load_config(DEFAULT_CONFIG_FILE), section.name)
+        for key in keys:
+            assert getattr(loaded, key) == getattr(getattr(defaults, section.name), key), \
+                f"[{section.name}] {key}: config.toml says {getattr(loaded, key)!r}, the dataclass default differs"
+
+
+def test_partial_config_file_keeps_the_defaults_for_the_rest(tmp_path):
+    config = load_config(write_config(tmp_path, "[editing]\nsteps = 7\n\n[chat]\nmax_new_tokens = 12\n"))
+    assert config.editing == dataclasses.replace(Config().editing, steps=7)
+    assert config.chat == dataclasses.replace(Config().chat, max_new_tokens=12)
+    assert config.replace("editing", steps=Config().editing.steps).replace(
+        "chat", max_new_tokens=Config().chat.max_new_tokens) == load_config(DEFAULT_CONFIG_FILE)
