@@ -9,6 +9,7 @@ import os
 import sys
 
 import assistant.cli
+import livedit.serve
 import updater.cli
 from assistant.config import build_config
 from assistant.errors import LiveditError
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     assistant.cli.register(commands)
     updater.cli.register(commands)
+    livedit.serve.register(commands)
     return parser
 
 
