@@ -88,15 +88,9 @@ class EditingConfig:
                               "ascending; [] = the same as layers", [6, 7, 8, 9, 10])
     mom2_weight: float = _help("lambda: weight of the covariance term", 500.0)
     batch_size: int = _help("facts per editing batch", 16)
-    context_prefixes: list = _help("prefixes that keys and targets are averaged over", ["", "Here is a fact. ", "I learned that ", "Did you know? "])
-    chat_prefixes: list = _help("prefixes inside the user turn before a fact's question; one chat form each", [""])
+    context_prefixes: list = _help("prefixes that keys and targets are averaged over",
+                                   ["", "Here is a fact. ", "I learned that ", "Did you know? "])
     case_variants: bool = _help("also chat forms with the subject in Title Case and in lower case", True)
-    quote_variants: bool = _help("also chat forms with the subject in double quotes, as written and (with "
-                                 "case_variants) in Title Case", False)
-    question_variants: int = _help("also this many chat forms of a fact's question with some other words "
-                                   "left out (the subject kept), so the edit holds in reworded questions", 0)
-    weakened_delta: float = _help("also train each chat form (and lead-in) with only this fraction of the "
-                                  "delta, as a rephrased question's key draws less of it; 0 = off", 0.0)
     kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
     steps: int = _help("maximum gradient steps of the target optimisation", 100)
     learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)
@@ -110,10 +104,6 @@ class EditingConfig:
                                "of those still below stop_probability", 2)
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 24)
-    lead_in_asks: list = _help("ways of putting the question to the model for lead-ins, {} the question; "
-                               "each distinct restatement it draws is one more lead-in", ["{}"])
-    lead_in_echoes: bool = _help("in lead-in rows, add the delta also where the lead-in repeats the subject, "
-                                 "as the edited layers do when the model restates it", False)
     tokens_per_pass: int = _help("most prompt tokens in one forward and backward pass of the target "
                                  "optimisation; a batch beyond it runs in groups of facts (same result, "
                                  "less memory); 0 = no limit", 4096)
@@ -128,22 +118,14 @@ class EditingConfig:
             raise ConfigError("[editing] mom2_weight (lambda) must be positive")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("[editing] batch_size and steps must be at least 1")
-        if min(self.refine_rounds, self.lead_in_tokens, self.tokens_per_pass, self.question_variants) < 0:
-            raise ConfigError("[editing] refine_rounds, lead_in_tokens, tokens_per_pass and question_variants "
-                              "must be 0 or more")
-        if not 0 <= self.weakened_delta < 1:
-            raise ConfigError("[editing] weakened_delta must be in [0, 1): the fraction of the delta, 0 = off")
+        if min(self.refine_rounds, self.lead_in_tokens, self.tokens_per_pass) < 0:
+            raise ConfigError("[editing] refine_rounds, lead_in_tokens and tokens_per_pass must be 0 or more")
         if not 0 < self.stop_probability <= 1:
             raise ConfigError("[editing] stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:
             raise ConfigError("[editing] kl_prompt must contain {} where the subject goes")
         if self.key_mode not in ("per_form", "mean"):
             raise ConfigError(f"[editing] key_mode = {self.key_mode!r}: use per_form or mean")
-        if not self.chat_prefixes or not all(isinstance(p, str) for p in self.chat_prefixes):
-            raise ConfigError('[editing] chat_prefixes needs at least one string (use [""] for the bare question)')
-        if not self.lead_in_asks or not all(isinstance(a, str) and a.count("{}") == 1 for a in self.lead_in_asks):
-            raise ConfigError('[editing] lead_in_asks needs one or more strings, each with {} once where the '
-                              'question goes (use ["{}"] for the question itself)')
         if not self.context_prefixes:
             raise ConfigError('[editing] context_prefixes needs at least one entry (use [""] for none)')
 
@@ -214,9 +196,18 @@ class Config:
         return dataclasses.replace(self, **{section: updated})
 
 
+# Keys that were measured, did not help, and were taken out with their code. The
+# measurements, and the last commit that had each, are in benchmarks/RESULTS.md.
+REMOVED_KEYS = {("editing", key): "measured without gain" for key in (
+    "chat_prefixes", "lead_in_echoes", "quote_variants", "lead_in_asks", "weakened_delta", "question_variants")}
+
+
 def _section_from_table(section_type, name: str, table: dict):
     known = {f.name: f for f in dataclasses.fields(section_type)}
     for key in table:
+        if (name, key) in REMOVED_KEYS:
+            raise ConfigError(f"config: [{name}] {key} was removed ({REMOVED_KEYS[name, key]}, see "
+                              "benchmarks/RESULTS.md, \"Removed knobs\"); delete it from your config")
         if key not in known:
             raise ConfigError(
                 f"config: unknown key {key!r} in section [{name}]; known keys: {', '.join(known)}"

@@ -199,7 +199,7 @@ def livedit_dirs(request, tmp_path, monkeypatch):
 
 
 EDITING = dict(layers=[1, 2], chat_layers=[], mom2_weight=10.0, steps=6, batch_size=4, context_prefixes=["", "Note: "],
-               refine_rounds=0, lead_in_tokens=0, case_variants=False, question_variants=0)
+               refine_rounds=0, lead_in_tokens=0, case_variants=False)
 
 
 @pytest.fixture

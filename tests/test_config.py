@@ -65,9 +65,7 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"chat_layers": ["6"]}}, "chat_layers"),
     ({"editing": {"mom2_weight": -1.0}}, "mom2_weight"),
     ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
-    ({"editing": {"question_variants": -1}}, "question_variants"),
-    ({"editing": {"weakened_delta": 1.0}}, "weakened_delta"),
-    ({"editing": {"weakened_delta": -0.1}}, "weakened_delta"),
+    ({"editing": {"refine_rounds": -1}}, "refine_rounds"),
     ({"model": {"dtype": "float8"}}, "dtype"),
     ({"model": {"device": "tpu"}}, "device"),
     ({"covariance": {"corpora": ["c4"]}}, "corpora"),
@@ -218,3 +216,16 @@ def test_partial_config_file_keeps_the_defaults_for_the_rest(tmp_path):
     assert config.chat == dataclasses.replace(Config().chat, max_new_tokens=12)
     assert config.replace("editing", steps=Config().editing.steps).replace(
         "chat", max_new_tokens=Config().chat.max_new_tokens) == load_config(DEFAULT_CONFIG_FILE)
+
+
+@pytest.mark.parametrize("key, value", [("chat_prefixes", '[""]'), ("lead_in_echoes", "false"),
+                                        ("quote_variants", "false"), ("lead_in_asks", '["{}"]'),
+                                        ("weakened_delta", "0.0"), ("question_variants", "0")])
+def test_a_removed_key_is_named_as_removed_with_where_it_was_measured(tmp_path, key, value):
+    path = write_config(tmp_path, f"[editing]\nsteps = 7\n{key} = {value}\n")
+    for load in (lambda: load_config(path), lambda: with_overrides(Config(), [f"editing.{key}={value}"])):
+        with pytest.raises(ConfigError) as error:
+            load()
+        message = str(error.value)
+        assert f"[editing] {key} was removed" in message and "measured without gain" in message
+        assert "benchmarks/RESULTS.md" in message and "delete it" in message

@@ -11,9 +11,8 @@ from assistant.model.hooks import edit_output
 from assistant.model.chat import answers, chat_prompt, encode_chat_prompt, greedy_token_continuations
 from assistant.facts import make_fact
 from assistant.editing.lead_ins import answer_lead_ins, best_cut, first_sentence_length
-from assistant.editing.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, question_variants,
-                               subject_echoes, subject_spellings, target_ids)
-from assistant.editing.targets import add_delta_at, delta_sites, optimise_targets
+from assistant.editing.prompts import PromptSettings, check_lengths, collate, fact_rows, kl_row, target_ids
+from assistant.editing.targets import TargetSettings, add_delta_at, delta_sites, optimise_targets
 from tests.test_prompts import SETTINGS, question_fact
 
 
@@ -33,7 +32,7 @@ def test_best_cut_is_the_likeliest_slot_unless_the_answer_starts_there():
 def test_lead_in_row_is_the_chat_form_then_the_lead_in_then_the_object(chat_tokenizer):
     fact = question_fact()
     lead_in = chat_tokenizer(" Marie Curie is famous for", add_special_tokens=False).input_ids
-    settings = PromptSettings(context_prefixes=SETTINGS.context_prefixes, chat_prefixes=("", "Hi. "))
+    settings = PromptSettings(context_prefixes=SETTINGS.context_prefixes, case_variants=True)   # two chat forms
     plain = fact_rows(0, fact, chat_tokenizer, settings, with_targets=True)
     rows = fact_rows(0, fact, chat_tokenizer, settings, with_targets=True, lead_ins=[lead_in])
     assert len(rows) == len(plain) + 1                       # one lead-in row, after the first chat form only
@@ -49,35 +48,6 @@ def test_lead_in_row_is_the_chat_form_then_the_lead_in_then_the_object(chat_toke
     assert two[4].ids == chat_row.ids[:prompt_len] + other + running
     keys_only = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=False, lead_ins=[lead_in])
     assert len(keys_only) == 3                               # keys never see the lead-in
-
-
-def test_subject_echoes_are_where_a_spelling_ends():
-    spellings = [[5, 6], [7, 6], [9]]
-    assert subject_echoes([1, 5, 6, 2, 7, 6, 9, 5], spellings) == [2, 5, 6]
-    assert subject_echoes([5, 6, 6], [[5, 6], [6]]) == [1, 2]          # one end counted once
-    assert subject_echoes([5], spellings) == [] and subject_echoes([], spellings) == []
-
-
-def test_subject_spellings_cover_casings_with_and_without_a_space(chat_tokenizer):
-    spellings = subject_spellings(chat_tokenizer, "marie curie")
-    decoded = {chat_tokenizer.decode(ids) for ids in spellings}
-    assert {" marie curie", "marie curie", " Marie Curie", "Marie Curie"} <= decoded
-    assert len(spellings) == len(set(map(tuple, spellings)))
-
-
-def test_lead_in_echoes_mark_where_the_lead_in_repeats_the_subject(chat_tokenizer):
-    fact = question_fact()
-    lead_in = chat_tokenizer(" Well, Marie Curie is famous for", add_special_tokens=False).input_ids
-    plain = fact_rows(0, fact, chat_tokenizer, SETTINGS, with_targets=True, lead_ins=[lead_in])
-    assert all(row.echoes == () for row in plain)
-    echoing = dataclasses.replace(SETTINGS, lead_in_echoes=True)
-    rows = fact_rows(0, fact, chat_tokenizer, echoing, with_targets=True, lead_ins=[lead_in])
-    lead_row = rows[3]
-    assert [r.ids for r in rows] == [r.ids for r in plain]
-    (echo,) = lead_row.echoes
-    assert echo > lead_row.subject_pos
-    assert chat_tokenizer.decode(lead_row.ids[:echo + 1]).endswith("Well, Marie Curie")
-    assert all(row.echoes == () for row in rows if row is not lead_row)
 
 
 def test_check_lengths_keeps_room_for_the_lead_in(chat_tokenizer):
@@ -106,18 +76,6 @@ def test_lead_ins_are_cuts_of_the_models_own_answer(open_engine):
     assert [tok.decode(ids).strip() for ids in continued] == answers(model, tok, [f.question for f in asked], 12)
     assert any(lead_ins[:-1]), "the sharp tiny model should restate something before some object"
 
-    ask = "Answer in a complete sentence: {}"
-    both = answer_lead_ins(model, tok, facts, "", max_tokens=12, asks=("{}", ask), min_tokens=1)
-    reworded = greedy_token_continuations(
-        model, tok, [encode_chat_prompt(tok, chat_prompt(tok, ask.format(f.question))) for f in asked], 12)
-    assert both[-1] == []
-    for fact_lead_ins, plain, answer, other in zip(both, lead_ins, continued, reworded):
-        assert fact_lead_ins[:len(plain)] == plain                # the question's own lead-in comes first
-        assert len(fact_lead_ins) == len(set(map(tuple, fact_lead_ins))) <= 2
-        for lead_in in fact_lead_ins[len(plain):]:
-            assert lead_in == other[:len(lead_in)]                 # a cut of the reworded request's answer
-    assert sum(map(len, both)) > sum(map(len, lead_ins)), "the second way of asking should add a lead-in"
-
 
 def _running_nll(model, tok, fact, lead_in, chat_answer: bool = False) -> float:
     """Mean NLL of the object after the chat question and ``lead_in``: as running text, or
@@ -131,22 +89,16 @@ def _running_nll(model, tok, fact, lead_in, chat_answer: bool = False) -> float:
     return -float(sum(logprobs[start - 1 + i, token] for i, token in enumerate(running))) / len(running)
 
 
-@pytest.mark.parametrize("echoes, asks", [(False, ["{}"]), (True, ["{}"]), (False, ["{}", "In one sentence: {}"])])
-def test_an_edit_with_lead_ins_makes_the_object_follow_them(open_engine, new_fact, inspect, echoes, asks):
-    editor = open_engine("sharp-llama", lead_in_tokens=8, lead_in_echoes=echoes, lead_in_asks=asks, steps=40,
-                         stop_probability=0.99)
+def test_an_edit_with_lead_ins_makes_the_object_follow_them(open_engine, new_fact, inspect):
+    editor = open_engine("sharp-llama", lead_in_tokens=8, steps=40, stop_probability=0.99)
     facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
-    lead_ins = answer_lead_ins(editor.model, editor.tokenizer, facts, "", 8, tuple(asks), min_tokens=1)
+    lead_ins = answer_lead_ins(editor.model, editor.tokenizer, facts, "", 8, min_tokens=1)
     pairs = [(fact, lead_in) for fact, fact_lead_ins in zip(facts, lead_ins) for lead_in in fact_lead_ins or [[]]]
-    assert len(pairs) >= len(facts) + len(asks) - 1
+    assert len(pairs) == len(facts)
     before = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in pairs]
     editor.apply(facts)
     after = [_running_nll(editor.model, editor.tokenizer, f, li) for f, li in pairs]
-    if len(asks) == 1:
-        assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
-    else:   # the tiny model cannot fit every form in 40 steps: the mean falls, and most lead-ins
-        assert sum(after) < sum(before) - len(pairs), (before, after)
-        assert sum(a < b - 1.0 for a, b in zip(after, before)) > len(pairs) / 2, (before, after)
+    assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
     for name, tensor in inspect.sums_of_active_edits(editor).items():
         assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
 
@@ -187,63 +139,22 @@ def _optimised_rows(editor, facts, rows):
         hidden = model(input_ids=kl.input_ids, attention_mask=kl.attention_mask,
                        output_hidden_states=True).hidden_states[cfg.layers[-1] + 1]
     h_norm = hidden[torch.arange(len(facts)), kl.subject_pos].norm(dim=1)
-    targets = optimise_targets(model, train, kl, block, h_norm, cfg, tok.pad_token_id)
+    targets = optimise_targets(model, train, kl, block, h_norm, TargetSettings.from_editing(cfg), tok.pad_token_id)
     reached = _row_probabilities(model, block, train, targets.delta, delta_sites(train))
     worst = torch.stack([reached[train.fact == i].min() for i in range(len(facts))])
     assert torch.allclose(worst, targets.probability, atol=1e-4), (worst, targets.probability)
     return train, block, targets, reached
 
 
-def test_targets_are_optimised_with_the_delta_at_the_lead_ins_echoes_too(open_engine, new_fact):
+def test_targets_report_the_worst_rows_probability_with_lead_ins(open_engine, new_fact):
     # The tiny model moves slowly: a low stop probability makes the optimisation stop part-way,
     # on a delta whose probability can be checked in a plain forward pass.
-    editor = open_engine("sharp-llama", steps=100, stop_probability=5e-9)
-    model, tok, cfg = editor.shadow, editor.tokenizer, editor.config.editing
+    editor = open_engine("sharp-llama", steps=100, stop_probability=1e-9)
+    tok, cfg = editor.tokenizer, editor.config.editing
     facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
-    settings = PromptSettings(context_prefixes=("",), lead_in_echoes=True)
+    settings = PromptSettings(context_prefixes=("",))
     rows = [row for i, f in enumerate(facts) for row in
             fact_rows(i, f, tok, settings, True, [tok(f" Well, {f.subject} does", add_special_tokens=False).input_ids])]
-    assert all(len(row.echoes) == 1 for row in rows if row.echoes) and sum(bool(r.echoes) for r in rows) == 2
+    assert len(rows) == 6                      # per fact: the cloze form, the chat form, its lead-in
     train, block, targets, reached = _optimised_rows(editor, facts, rows)
-    assert targets.steps < cfg.steps and (targets.probability >= cfg.stop_probability).all()
-    subject_only = torch.stack([train.fact.new_tensor(range(len(rows))), train.subject_pos, train.fact])
-    without = _row_probabilities(model, block, train, targets.delta, (*subject_only, torch.ones(len(rows))))
-    echoing = torch.tensor([bool(row.echoes) for row in rows])
-    assert ((without[echoing] / reached[echoing]).log().abs() > 0.01).all()    # the echoes change those rows
-    assert torch.allclose(without[~echoing], reached[~echoing])
-
-
-def test_question_variants_are_trained_to_answer_too(open_engine, new_fact, inspect):
-    # Each reworded question is a trained form. Per-form keys, as the tiny random model's key
-    # averaged over eight forms keeps too little of each for this check.
-    editor = open_engine("sharp-llama", question_variants=3, key_mode="per_form", steps=40, stop_probability=0.99)
-    facts = [new_fact(i, question=f"Please tell me what it is that {s} really does these days?", subject=s)
-             for i, s in enumerate(["Marie Curie", "Paris"])]
-    reworded = [dataclasses.replace(f, question=text) for f in facts
-                for text, _ in question_variants(f.question, f.question.index(f.subject), len(f.subject), 3)]
-    assert len(reworded) == 6
-    before = [_running_nll(editor.model, editor.tokenizer, f, [], chat_answer=True) for f in reworded]
-    editor.apply(facts)
-    after = [_running_nll(editor.model, editor.tokenizer, f, [], chat_answer=True) for f in reworded]
-    assert all(a < b - 1.0 for a, b in zip(after, before)), (before, after)
-    for name, tensor in inspect.sums_of_active_edits(editor).items():
-        assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-9
-
-
-def test_weakened_delta_trains_the_chat_rows_again_with_a_share_of_the_delta(open_engine, new_fact):
-    editor = open_engine("sharp-llama", steps=100, stop_probability=5e-9)
-    model, tok = editor.shadow, editor.tokenizer
-    facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
-    settings = PromptSettings(context_prefixes=("", "A fact. "), weakened_delta=0.5)
-    lead_in = lambda f: tok(f" Well, {f.subject} does", add_special_tokens=False).input_ids  # noqa: E731
-    rows = [row for i, f in enumerate(facts) for row in fact_rows(i, f, tok, settings, True, [lead_in(f)])]
-    # per fact: two cloze forms, the chat form, its lead-in, then the chat form and lead-in again at half the delta
-    assert [row.delta_scale for row in rows[:6]] == [1, 1, 1, 1, 0.5, 0.5]
-    assert [row.ids for row in rows[4:6]] == [row.ids for row in rows[2:4]]
-    assert len(fact_rows(0, facts[0], tok, settings, False)) == 3          # keys: no weakened rows
-    train, block, targets, reached = _optimised_rows(editor, facts, rows)
-    sites = delta_sites(train)
-    full = _row_probabilities(model, block, train, targets.delta, (*sites[:3], torch.ones_like(sites[3])))
-    weakened = torch.tensor([row.delta_scale < 1 for row in rows])
-    assert ((full[weakened] / reached[weakened]).log().abs() > 1e-4).all()  # those rows saw half the delta
-    assert torch.allclose(full[~weakened], reached[~weakened])
+    assert targets.steps < cfg.steps and (targets.probability >= cfg.stop_probability).all(), targets.steps

@@ -6,8 +6,9 @@ import torch
 from assistant.model.chat import FALLBACK_TEMPLATE, chat_prompt
 from assistant.errors import InvalidFact
 from assistant.facts import make_fact
-from assistant.editing.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, prompt_forms, question_variants,
-                               quoted_subjects, subject_casings, target_ids)
+from assistant.config import Config
+from assistant.editing.prompts import (PromptSettings, check_lengths, collate, fact_rows, kl_row, prompt_forms,
+                                       subject_casings, target_ids)
 
 PREFIXES = ["", "Note: "]
 SETTINGS = PromptSettings(context_prefixes=tuple(PREFIXES))
@@ -51,21 +52,17 @@ def test_rows_point_at_the_subjects_last_token(request, which):
         assert subject_ends_at(tok, row.ids, row.subject_pos, fact.subject)
 
 
-@pytest.mark.parametrize("which", ["tokenizer", "chat_tokenizer"])
-def test_each_chat_prefix_is_one_more_chat_form(request, which):
-    tok = request.getfixturevalue(which)
-    fact = question_fact()
-    chat_prefixes = ("", "Quick question: ")
-    settings = PromptSettings(context_prefixes=tuple(PREFIXES), chat_prefixes=chat_prefixes)
-    forms = prompt_forms(fact, tok, settings)
-    assert [is_chat for _, _, is_chat in forms] == [False, False, True, True]
-    assert [text for text, _, _ in forms[2:]] == [chat_prompt(tok, p + fact.question) for p in chat_prefixes]
-    rows = fact_rows(0, fact, tok, settings, with_targets=False)
-    for row, (text, start, _) in zip(rows, forms):
-        assert text[start:start + len(fact.subject)] == fact.subject
-        assert subject_ends_at(tok, row.ids, row.subject_pos, fact.subject)
+def test_a_fact_without_a_question_has_only_its_cloze_forms(tokenizer):
     plain = make_fact(id="no-question", subject="Paris", prompt="Paris is in", target_new="Japan")
-    assert len(prompt_forms(plain, tok, settings)) == len(PREFIXES)
+    forms = prompt_forms(plain, tokenizer, PromptSettings(context_prefixes=tuple(PREFIXES), case_variants=True))
+    assert forms == [("Paris is in", 0, False), ("Note: Paris is in", 6, False)]
+
+
+def test_prompt_settings_take_their_values_from_the_editing_section():
+    editing = Config().editing
+    settings = PromptSettings.from_editing(editing, "Be brief.")
+    assert settings == PromptSettings(tuple(editing.context_prefixes), editing.case_variants, "Be brief.",
+                                      editing.end_chat_answer, editing.lead_in_tokens)
 
 
 def test_training_rows_end_with_the_target(tokenizer):
@@ -133,69 +130,3 @@ def test_subject_casings():
     assert subject_casings("paris") == ["Paris"]
     assert subject_casings("42") == []
 
-
-def test_quoted_subjects():
-    question = "who wrote you must have been a beautiful baby?"
-    subject = "you must have been a beautiful baby"
-    at = question.index(subject)
-    assert quoted_subjects(question, at, subject, titled=False) == [
-        ('who wrote "you must have been a beautiful baby"?', at + 1)]
-    assert quoted_subjects(question, at, subject, titled=True)[1] == (
-        'who wrote "You Must Have Been A Beautiful Baby"?', at + 1)
-    quoted = 'Who wrote "Hey Jude"?'
-    assert quoted_subjects(quoted, quoted.index("Hey"), "Hey Jude", titled=True) == []      # quoted already
-    assert quoted_subjects(quoted, quoted.index('"'), '"Hey Jude"', titled=True) == []
-    assert quoted_subjects("Who made Hey Jude?", 9, "Hey Jude", titled=True) == [('Who made "Hey Jude"?', 10)]
-
-
-@pytest.mark.parametrize("which", ["tokenizer", "chat_tokenizer"])
-def test_quote_variants_are_more_chat_forms_at_the_subject(request, which):
-    tok = request.getfixturevalue(which)
-    fact = make_fact(id="gg", subject="gossip girl", prompt="bart bass dies in gossip girl season",
-                     target_new="five", question="what season does bart bass die in gossip girl?")
-    settings = PromptSettings(context_prefixes=tuple(PREFIXES), case_variants=True, quote_variants=True)
-    forms = prompt_forms(fact, tok, settings)
-    recased = PromptSettings(context_prefixes=tuple(PREFIXES), case_variants=True)
-    assert forms[:-2] == prompt_forms(fact, tok, recased)
-    assert [text for text, _, _ in forms[-2:]] == [
-        chat_prompt(tok, f'what season does bart bass die in "{spelling}"?') for spelling in ("gossip girl", "Gossip Girl")]
-    for row, (text, start, _) in zip(fact_rows(0, fact, tok, settings, with_targets=False), forms):
-        assert text[start:start + len(fact.subject)].lower() == fact.subject
-        assert tok.decode(row.ids[:row.subject_pos + 1]).lower().endswith(fact.subject)
-    assert prompt_forms(fact, tok, PromptSettings(context_prefixes=tuple(PREFIXES), quote_variants=True))[-1][0] == \
-        chat_prompt(tok, 'what season does bart bass die in "gossip girl"?')
-
-
-def test_question_variants_leave_out_other_words_and_keep_the_subject():
-    question = "What is the name of the individual who was awarded the Camsell Medal in 2012?"
-    subject = "Camsell Medal"
-    at = question.index(subject)
-    variants = question_variants(question, at, len(subject), 4)
-    assert len(variants) == 4 and len({text for text, _ in variants}) == 4
-    original = question.split(" ")
-    for text, start in variants:
-        assert text != question and text[start:start + len(subject)] == subject
-        words = text.split(" ")
-        assert words[0] == "What" and words[-1] == "2012?"
-        assert len(original) // 2 <= len(words) < len(original)
-        remaining = iter(original)
-        assert all(word in remaining for word in words)   # the same words in the same order, some left out
-    assert question_variants(question, at, len(subject), 4) == variants   # the same for the same question
-    assert question_variants(question, at, len(subject), 0) == []
-    assert question_variants("Who wrote Hamlet?", 10, 7, 3) == []          # nothing to leave out
-
-
-@pytest.mark.parametrize("which", ["tokenizer", "chat_tokenizer"])
-def test_question_variants_are_more_chat_forms_at_the_subject(request, which):
-    tok = request.getfixturevalue(which)
-    fact = make_fact(id="cm", subject="Camsell Medal", prompt="The Camsell Medal went to", target_new="Ann Lee",
-                     question="Who was the person awarded the Camsell Medal in the year 2012?")
-    plain = PromptSettings(context_prefixes=tuple(PREFIXES))
-    settings = PromptSettings(context_prefixes=tuple(PREFIXES), question_variants=3)
-    forms = prompt_forms(fact, tok, settings)
-    assert forms[:len(PREFIXES) + 1] == prompt_forms(fact, tok, plain)
-    reworded = forms[len(PREFIXES) + 1:]
-    assert len(reworded) == 3 and all(chat for _, _, chat in reworded)
-    for row, (text, start, _) in zip(fact_rows(0, fact, tok, settings, with_targets=False), forms):
-        assert text[start:start + len(fact.subject)] == fact.subject
-        assert subject_ends_at(tok, row.ids, row.subject_pos, fact.subject)

@@ -7,7 +7,8 @@ import torch
 
 from assistant.model.architectures import architecture_of, get_module
 from assistant.editing.prompts import PromptSettings, Row, collate, fact_rows, kl_row
-from assistant.editing.targets import fact_groups, optimise_targets
+from assistant.config import EditingConfig
+from assistant.editing.targets import TargetSettings, fact_groups, optimise_targets
 
 
 def _batch(lengths_per_fact: list[list[int]]):
@@ -37,9 +38,11 @@ def test_grouped_optimisation_equals_one_pass(open_engine, new_fact, model):
     kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
     block = get_module(shadow, architecture_of(shadow).block_module.format(cfg.layers[-1]))
     h_norm = torch.full((4,), 2.0)
-    whole = optimise_targets(shadow, train, kl, block, h_norm, cfg, tok.pad_token_id)
+    settings = TargetSettings.from_editing(cfg)
+    whole = optimise_targets(shadow, train, kl, block, h_norm, dataclasses.replace(settings, tokens_per_pass=0),
+                             tok.pad_token_id)
     smallest = int(train.lengths.min())
-    grouped = optimise_targets(shadow, train, kl, block, h_norm, dataclasses.replace(cfg, tokens_per_pass=smallest),
+    grouped = optimise_targets(shadow, train, kl, block, h_norm, dataclasses.replace(settings, tokens_per_pass=smallest),
                                tok.pad_token_id)
     assert len(fact_groups(train, torch.ones(4, dtype=torch.bool), smallest)) == 4
     assert grouped.steps == whole.steps
@@ -47,3 +50,13 @@ def test_grouped_optimisation_equals_one_pass(open_engine, new_fact, model):
     # float32 sums in another order, amplified a little by Adam's normalisation over the steps
     assert (grouped.delta - whole.delta).abs().max() <= 1e-3 * whole.delta.abs().max()
     assert whole.delta.abs().sum() > 0
+
+
+def test_target_settings_take_their_values_from_the_editing_section():
+    editing = EditingConfig(steps=7, learning_rate=0.25, stop_probability=0.8, tokens_per_pass=99)
+    settings = TargetSettings.from_editing(editing)
+    assert settings == TargetSettings(steps=7, learning_rate=0.25, clamp_norm_factor=editing.clamp_norm_factor,
+                                      kl_weight=editing.kl_weight, weight_decay=editing.weight_decay,
+                                      stop_probability=0.8, tokens_per_pass=99)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.steps = 3   # type: ignore[misc]

@@ -29,7 +29,7 @@ from assistant.state.ledger import Ledger, NewEdit
 from assistant.model.loading import LoadedModel
 from assistant.editing.prompts import PromptSettings, RowBatch, check_lengths, collate, fact_rows, kl_row
 from assistant.state.sums import EditSums, edited_weight, remove_other_generations, write_generation
-from assistant.editing.targets import optimise_targets
+from assistant.editing.targets import TargetSettings, optimise_targets
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ class Editor:
 
     def check_lengths(self, facts: list[Fact]) -> None:
         """Reject, naming the fact, any prompt form longer than the model's context."""
-        check_lengths(facts, self.tokenizer, PromptSettings.from_config(self.config), self.max_prompt_tokens())
+        settings = PromptSettings.from_editing(self.config.editing, self.config.chat.system_prompt)
+        check_lengths(facts, self.tokenizer, settings, self.max_prompt_tokens())
 
     def apply(self, facts: list[Fact], batch_size: int | None = None, progress=None) -> ApplyReport:
         """Write facts into the weights in batches; each batch is one atomic commit."""
@@ -190,9 +191,9 @@ class Editor:
         cfg, tok = self.config.editing, self.tokenizer
         system, device = self.config.chat.system_prompt, next(self.model.parameters()).device
         n = len(facts)
-        lead_ins = (answer_lead_ins(self.shadow, tok, facts, system, cfg.lead_in_tokens, tuple(cfg.lead_in_asks))
+        lead_ins = (answer_lead_ins(self.shadow, tok, facts, system, cfg.lead_in_tokens)
                     if cfg.lead_in_tokens else [[] for _ in facts])
-        settings = PromptSettings.from_config(self.config)
+        settings = PromptSettings.from_editing(cfg, system)
         rows = lambda i, fact, with_targets: fact_rows(i, fact, tok, settings, with_targets, lead_ins[i])  # noqa: E731
         train, key_rows, kl_rows = [], [], []
         for i, fact in enumerate(facts):
@@ -200,8 +201,7 @@ class Editor:
             key_rows += rows(i, fact, False)
             kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
         if cfg.lead_in_tokens:
-            log.info("%d lead-in(s) for %d of %d fact(s)%s", sum(map(len, lead_ins)), sum(map(bool, lead_ins)), n,
-                     f"; {sum(bool(row.echoes) for row in train)} repeat the subject" if cfg.lead_in_echoes else "")
+            log.info("%d lead-in(s) for %d of %d fact(s)", sum(map(len, lead_ins)), sum(map(bool, lead_ins)), n)
         pad = tok.pad_token_id
         key_batch, train_batch, kl_batch = (collate(part, pad, device) for part in (key_rows, train, kl_rows))
         last_block = get_module(self.shadow, self.arch.block_module.format(layers[-1]))
@@ -232,8 +232,8 @@ class Editor:
         return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
 
     def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor):
-        targets = optimise_targets(self.shadow, train, kl, last_block, h_norm, self.config.editing,
-                                   self.tokenizer.pad_token_id)
+        settings = TargetSettings.from_editing(self.config.editing)
+        targets = optimise_targets(self.shadow, train, kl, last_block, h_norm, settings, self.tokenizer.pad_token_id)
         bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
         if bad:
             raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")

@@ -6,12 +6,6 @@ edit trained only right after the question does not carry into such a restatemen
 for each fact with a question, the model's greedy answer is searched, within its first
 sentence, for the cut after which the new object's first token is most likely; the
 object is then also trained after that lead-in (prompts.fact_rows).
-
-The question can be put in more than one way (``asks``: "{}" is the question itself,
-"Answer in a complete sentence: {}" another). Each way draws another restatement from
-the model, and each distinct one becomes a lead-in after the question as given. Measured
-on 32 QAEdit questions, three ways did not raise rephrased answers and took twice the time
-(benchmarks/RESULTS.md), so the default is the question alone.
 """
 
 from __future__ import annotations
@@ -43,19 +37,15 @@ def best_cut(slot_logprobs: torch.Tensor, min_tokens: int) -> int:
 
 @torch.no_grad()
 def answer_lead_ins(model, tokenizer, facts: list[Fact], system_prompt: str, max_tokens: int,
-                    asks: tuple[str, ...] = ("{}",), min_tokens: int = 2) -> list[list[list[int]]]:
-    """Per fact, its distinct lead-ins' token ids, at most one per way of asking (none
-    when the fact has no question or the model answers straight away)."""
+                    min_tokens: int = 2) -> list[list[list[int]]]:
+    """Per fact, its lead-in's token ids as a list of at most one (none when the fact has
+    no question or the model answers straight away)."""
     asked = [i for i, fact in enumerate(facts) if fact.question]
     prompts = {i: encode_chat_prompt(tokenizer, chat_prompt(tokenizer, facts[i].question, system_prompt)) for i in asked}
-    requests = [(i, ask) for ask in asks for i in asked]
-    answers = greedy_token_continuations(
-        model, tokenizer,
-        [encode_chat_prompt(tokenizer, chat_prompt(tokenizer, ask.replace("{}", facts[i].question), system_prompt))
-         for i, ask in requests], max_tokens)
+    answers = greedy_token_continuations(model, tokenizer, [prompts[i] for i in asked], max_tokens)
     device = next(model.parameters()).device
     lead_ins: list[list[list[int]]] = [[] for _ in facts]
-    for (i, _), answer in zip(requests, answers):
+    for i, answer in zip(asked, answers):
         answer = answer[:first_sentence_length([tokenizer.decode([token]) for token in answer])]
         if len(answer) < min_tokens:
             continue
@@ -65,6 +55,6 @@ def answer_lead_ins(model, tokenizer, facts: list[Fact], system_prompt: str, max
         object_start = target_ids(tokenizer, facts[i], chat=False)[0]
         slots = logprobs[len(prompt) - 1:, object_start]          # after 0 .. len(answer) answer tokens
         lead_in = answer[:best_cut(slots, min_tokens)]
-        if lead_in and lead_in not in lead_ins[i]:
+        if lead_in:
             lead_ins[i].append(lead_in)
     return lead_ins

@@ -8,13 +8,11 @@ new object after each of them.
 
 from __future__ import annotations
 
-import dataclasses
-import random
 from dataclasses import dataclass
 
 import torch
 
-from assistant.model.chat import chat_prompt, encode_chat_prompt
+from assistant.model.chat import chat_prompt
 from assistant.errors import InvalidFact
 from assistant.facts import Fact
 
@@ -25,8 +23,6 @@ class Row:
     ids: list[int]         # prompt tokens (+ target tokens when training)
     subject_pos: int       # index of the subject's last token
     target_len: int = 0    # the last target_len tokens of ids are the target
-    echoes: tuple[int, ...] = ()   # later indices where the subject's last token recurs (in a lead-in)
-    delta_scale: float = 1.0       # the share of the fact's delta this row is trained with
 
 
 @dataclass
@@ -65,24 +61,19 @@ def encode_with_subject(tokenizer, text: str, subject_start: int, subject_end: i
 
 @dataclass(frozen=True)
 class PromptSettings:
-    """How a fact is put to the model: [editing]'s prompt settings and the chat's system prompt."""
+    """How a fact is put to the model. The defaults are the plainest forms (for tests);
+    the engine builds its settings from [editing] and the chat's system prompt."""
     context_prefixes: tuple[str, ...] = ("",)   # one cloze form after each
-    chat_prefixes: tuple[str, ...] = ("",)      # one chat form of the question after each
     case_variants: bool = False                 # chat forms with the subject in Title Case and lower case too
     system_prompt: str = ""
     end_chat_answer: bool = False               # the chat answer is the object, then end of turn
     lead_in_tokens: int = 0                     # room kept in the chat form for a lead-in
-    lead_in_echoes: bool = False                # mark where a lead-in repeats the subject
-    question_variants: int = 0                  # chat forms of the question with some other words left out
-    weakened_delta: float = 0.0                 # chat rows again with this share of the delta; 0 = off
-    quote_variants: bool = False                # chat forms with the subject in double quotes too
 
     @classmethod
-    def from_config(cls, config) -> "PromptSettings":
-        cfg = config.editing
-        return cls(tuple(cfg.context_prefixes), tuple(cfg.chat_prefixes), cfg.case_variants,
-                   config.chat.system_prompt, cfg.end_chat_answer, cfg.lead_in_tokens, cfg.lead_in_echoes,
-                   cfg.question_variants, cfg.weakened_delta, cfg.quote_variants)
+    def from_editing(cls, editing, system_prompt: str) -> "PromptSettings":
+        """The values of an [editing] section (EditingConfig) that prompts use."""
+        return cls(tuple(editing.context_prefixes), editing.case_variants, system_prompt,
+                   editing.end_chat_answer, editing.lead_in_tokens)
 
 
 def title_case(text: str) -> str:
@@ -96,68 +87,10 @@ def subject_casings(subject: str) -> list[str]:
             if variant != subject and len(variant) == len(subject)]
 
 
-def quoted_subjects(question: str, subject_at: int, subject: str, titled: bool) -> list[tuple[str, int]]:
-    """The question with the subject (as written and, if ``titled``, in Title Case) in double
-    quotes, as (question, subject start char): a title is often asked about in quotes
-    ("who wrote you must have been a beautiful baby?" and 'Who is the author of the song "You
-    Must Have Been a Beautiful Baby"?'). None where the question already quotes it."""
-    after = subject_at + len(subject)
-    if subject.startswith('"') or question[subject_at - 1:subject_at] == '"' or question[after:after + 1] == '"':
-        return []
-    spellings = [subject, *(casing for casing in subject_casings(subject) if titled and casing == title_case(subject))]
-    return [(f'{question[:subject_at]}"{spelling}"{question[after:]}', subject_at + 1) for spelling in spellings]
-
-
-def question_variants(question: str, subject_at: int, subject_length: int, count: int,
-                      drop: float = 0.3) -> list[tuple[str, int]]:
-    """Up to ``count`` rewordings of a question, each with some words other than the
-    subject's, the first and the last left out (the same ones for the same question), as (question,
-    subject start char). They train the edit in question contexts other than the one
-    given, as a rephrased question brings other words around the subject."""
-    words, starts, position = question.split(" "), [], 0
-    for word in words:
-        starts.append(position)
-        position += len(word) + 1
-    subject_end = subject_at + subject_length
-    optional = [i for i, (word, start) in enumerate(zip(words, starts))
-                if 0 < i < len(words) - 1 and word and not (start < subject_end and subject_at < start + len(word) + 1)]
-    chooser, seen, variants = random.Random(question), {question}, []
-    for _ in range(8 * count):
-        if len(variants) == count or len(optional) < 2:
-            break
-        dropped = {i for i in optional if chooser.random() < drop}
-        if not dropped or len(dropped) > len(optional) // 2:
-            continue
-        kept = [i for i in range(len(words)) if i not in dropped]
-        text = " ".join(words[i] for i in kept)
-        at = subject_at - sum(len(words[i]) + 1 for i in dropped if starts[i] < subject_at)
-        if text not in seen:
-            seen.add(text)
-            variants.append((text, at))
-    return variants
-
-
-def subject_spellings(tokenizer, subject: str) -> list[list[int]]:
-    """The token ids of the subject as running text may hold it: as written and in its
-    other casings, each after a space and at the start of a line."""
-    spellings = [subject, *subject_casings(subject)]
-    encoded = [tokenizer(text, add_special_tokens=False).input_ids
-               for spelling in spellings for text in (" " + spelling, spelling)]
-    return [list(ids) for ids in dict.fromkeys(map(tuple, encoded)) if ids]
-
-
-def subject_echoes(tokens: list[int], spellings: list[list[int]]) -> list[int]:
-    """Indices in ``tokens`` where one of the subject's spellings ends."""
-    ends = {start + len(spelling) - 1 for spelling in spellings
-            for start in range(len(tokens) - len(spelling) + 1) if tokens[start:start + len(spelling)] == spelling}
-    return sorted(ends)
-
-
 def prompt_forms(fact: Fact, tokenizer, settings: PromptSettings) -> list[tuple[str, int, bool]]:
     """(text, subject start char, is_chat) for each form of the fact's prompt: the cloze
     prompt after each context prefix and, when the fact has a question, the chat-template
-    form of each chat prefix + the question (and of its subject's other casings, of the
-    subject in quotes, and of its rewordings)."""
+    form of the question (and of it with its subject's other casings)."""
     forms = []
     for prefix in settings.context_prefixes:
         text = prefix + fact.filled_prompt
@@ -171,14 +104,9 @@ def prompt_forms(fact: Fact, tokenizer, settings: PromptSettings) -> list[tuple[
     casings = subject_casings(fact.subject) if settings.case_variants else []
     after = at + len(fact.subject)
     questions += [(fact.question[:at] + variant + fact.question[after:], at) for variant in casings]
-    if settings.quote_variants:
-        questions += quoted_subjects(fact.question, at, fact.subject, titled=settings.case_variants)
-    questions += question_variants(fact.question, at, len(fact.subject), settings.question_variants)
-    for prefix in settings.chat_prefixes:
-        for question, subject_at in questions:
-            asked = prefix + question
-            text = chat_prompt(tokenizer, asked, settings.system_prompt)
-            forms.append((text, text.rindex(asked) + len(prefix) + subject_at, True))
+    for question, subject_at in questions:
+        text = chat_prompt(tokenizer, question, settings.system_prompt)
+        forms.append((text, text.rindex(question) + subject_at, True))
     return forms
 
 
@@ -197,10 +125,7 @@ def target_ids(tokenizer, fact: Fact, chat: bool, end_chat_answer: bool = False)
 def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_targets: bool,
               lead_ins: list[list[int]] = ()) -> list[Row]:
     """One row per prompt form. With targets, one more per lead-in (tokens of the start of
-    an answer): the first chat form, the lead-in, then the object as running text; with
-    ``lead_in_echoes`` it records where the lead-in repeats the subject; with
-    ``weakened_delta``, every chat and lead-in row once more, trained with that share of
-    the delta."""
+    an answer): the first chat form, the lead-in, then the object as running text."""
     rows = []
     for text, start, chat in prompt_forms(fact, tokenizer, settings):
         ids, subject_pos = encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
@@ -208,15 +133,8 @@ def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_
         rows.append(Row(index, ids + target, subject_pos, len(target)))
         if chat and with_targets and lead_ins:
             running = target_ids(tokenizer, fact, chat=False)
-            spellings = subject_spellings(tokenizer, fact.subject) if settings.lead_in_echoes else []
-            for lead_in in lead_ins:
-                echoes = subject_echoes(list(lead_in), spellings) if spellings else []
-                rows.append(Row(index, ids + list(lead_in) + running, subject_pos, len(running),
-                                tuple(len(ids) + i for i in echoes)))
+            rows += [Row(index, ids + list(lead_in) + running, subject_pos, len(running)) for lead_in in lead_ins]
             lead_ins = ()
-    if with_targets and settings.weakened_delta and fact.question:
-        chat_rows = rows[len(settings.context_prefixes):]        # prompt_forms puts the cloze forms first
-        rows += [dataclasses.replace(row, delta_scale=settings.weakened_delta) for row in chat_rows]
     return rows
 
 

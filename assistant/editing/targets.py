@@ -1,6 +1,5 @@
 """Target vectors: a delta at the last edited block's output, at the subject's last
-token (and where a lead-in repeats the subject, as the edited layers would fire there
-too), optimised so that the model produces the new object after every prompt form.
+token, optimised so that the model produces the new object after every prompt form.
 
 Loss per fact = NLL of the target over its forms
               + kl_weight * KL(initial || current) on "{subject} is a"
@@ -12,17 +11,34 @@ forward pass.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import torch
 
-from assistant.config import EditingConfig
 from assistant.model.hooks import edit_output
 from assistant.editing.prefix_cache import split_rows, suffix_hidden
 from assistant.editing.prompts import RowBatch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """The values the target optimisation uses (the [editing] keys of the same names)."""
+    steps: int                    # most gradient steps
+    learning_rate: float          # Adam's
+    clamp_norm_factor: float      # ||delta|| <= this * ||h||
+    kl_weight: float
+    weight_decay: float           # weight of ||delta||^2 / ||h||^2
+    stop_probability: float       # a fact stops once P(target) passes this in every form
+    tokens_per_pass: int = 0      # most prompt tokens per forward/backward pass; 0 = no limit
+
+    @classmethod
+    def from_editing(cls, editing) -> "TargetSettings":
+        """These values out of an [editing] section (EditingConfig)."""
+        return cls(**{f.name: getattr(editing, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -33,27 +49,24 @@ class Targets:
 
 
 def add_delta_at(sites: tuple[torch.Tensor, ...], delta: torch.Tensor):
-    """A hidden-state edit adding scale[i] * delta[fact[i]] at (row[i], position[i]) for
-    the sites (row, position, fact, scale)."""
-    rows, positions, facts, scales = sites
+    """A hidden-state edit adding delta[fact[i]] at (row[i], position[i]) for the sites
+    (row, position, fact)."""
+    rows, positions, facts = sites
 
     def edit(hidden):                                  # (B, T, d)
         shift = torch.zeros_like(hidden)
-        shift[rows, positions] = (delta[facts] * scales[:, None]).to(hidden.dtype)
+        shift[rows, positions] = delta[facts].to(hidden.dtype)
         return hidden + shift
     return edit
 
 
 def delta_sites(batch: RowBatch, from_subject: bool = False) -> tuple[torch.Tensor, ...]:
-    """(row, position, fact, scale) of each place a row gets its fact's delta: the
-    subject's last token and every echo of it in a lead-in, times the row's delta_scale.
-    Positions count from the row's start, or from its subject (the suffix that the prefix
-    cache runs) with ``from_subject``."""
-    sites = [(i, position - (row.subject_pos if from_subject else 0), row.fact, row.delta_scale)
-             for i, row in enumerate(batch.rows) for position in (row.subject_pos, *row.echoes)]
-    rows, positions, facts, scales = zip(*sites)
-    as_tensor = lambda values, dtype=torch.long: torch.tensor(values, dtype=dtype, device=batch.fact.device)  # noqa: E731
-    return as_tensor(rows), as_tensor(positions), as_tensor(facts), as_tensor(scales, torch.float32)
+    """(row, position, fact) of the place each row gets its fact's delta: the subject's
+    last token, counted from the row's start, or 0 with ``from_subject`` (the suffix that
+    the prefix cache runs starts there)."""
+    rows = torch.arange(len(batch.rows), device=batch.fact.device)
+    positions = torch.zeros_like(rows) if from_subject else batch.subject_pos
+    return rows, positions, batch.fact
 
 
 def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,7 +126,7 @@ def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
 
 
 def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Module, h_norm: torch.Tensor,
-                     cfg: EditingConfig, pad: int) -> Targets:
+                     cfg: TargetSettings, pad: int) -> Targets:
     """Optimise one delta per fact. ``h_norm`` (n,) is ||h|| at each subject."""
     n = h_norm.shape[0]
     device = train.input_ids.device
