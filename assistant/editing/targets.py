@@ -33,7 +33,7 @@ class TargetSettings:
     kl_weight: float
     weight_decay: float           # weight of ||delta||^2 / ||h||^2
     stop_probability: float       # a fact stops once P(target) passes this in every form
-    tokens_per_pass: int = 0      # most prompt tokens per forward/backward pass; 0 = no limit
+    tokens_per_pass: int          # most prompt tokens per forward/backward pass; 0 = no limit
 
     @classmethod
     def from_editing(cls, editing) -> "TargetSettings":
