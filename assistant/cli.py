@@ -1,4 +1,4 @@
-"""The engine's commands: edit, retract, status, ask, chat, export and bench."""
+"""The engine's commands: edit, retract, status, ask, chat, export, patch and bench."""
 
 from __future__ import annotations
 
@@ -97,9 +97,27 @@ def cmd_chat(args) -> None:
 
 
 def cmd_export(args) -> None:
+    if args.since is not None and not args.patch:
+        raise ConfigError("--since GEN goes with --patch: `livedit export --patch --since GEN --out DIR`")
     editor = _editor(args)
+    if args.patch:
+        from assistant.state.patch import patch_from_editor, write_patch
+
+        patch = patch_from_editor(editor, since=args.since or 0)
+        out = write_patch(patch, Path(args.out))
+        print(f"wrote the weight patch of generation {patch.generation} (since generation {patch.since_generation}: "
+              f"layers {list(patch.layers)}) to {out}")
+        return
     out = editor.export(Path(args.out))
     print(f"exported the edited model to {out} (load it with transformers' from_pretrained)")
+
+
+def cmd_patch_apply(args) -> None:
+    from assistant.state.patch import apply_patch
+
+    out = apply_patch(Path(args.patch_dir), Path(args.checkpoint), Path(args.out) if args.out else None,
+                      in_place=args.in_place)
+    print(f"patched checkpoint written to {out}")
 
 
 def cmd_bench(args) -> None:
@@ -147,7 +165,22 @@ def register(commands) -> None:
 
     export = commands.add_parser("export", help="save the edited model as a Hugging Face checkpoint")
     export.add_argument("--out", required=True)
+    export.add_argument("--patch", action="store_true", help="write a versioned weight patch (the edited layers) "
+                        "instead of a whole checkpoint")
+    export.add_argument("--since", type=int, metavar="GEN", help="with --patch: only the layers changed after "
+                        "generation GEN (default 0: every edited layer)")
     export.set_defaults(run=cmd_export)
+
+    patch = commands.add_parser("patch", help="weight patches for serving replicas")
+    patch_commands = patch.add_subparsers(dest="patch_command", required=True)
+    apply = patch_commands.add_parser("apply", help="apply a weight patch to a Hugging Face checkpoint")
+    apply.add_argument("patch_dir", metavar="DIR", help="the patch folder (`livedit export --patch`)")
+    apply.add_argument("--model", dest="checkpoint", required=True, metavar="HF_DIR",
+                       help="the checkpoint to patch: the base model, or a replica patched before")
+    target = apply.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="write the patched checkpoint to this new folder")
+    target.add_argument("--in-place", action="store_true", help="overwrite the checkpoint's weights")
+    apply.set_defaults(run=cmd_patch_apply)
 
     bench = commands.add_parser("bench", help="sequential-editing benchmark with plots and a table")
     bench.add_argument("--method", action="append", choices=METHODS, help="method(s) to run, one after another")
