@@ -210,3 +210,25 @@ def test_export_patch_and_patch_apply_through_the_cli(open_engine, model_dirs, n
     assert main(["-q", "patch", "apply", str(tmp_path / "patch"), "--model", str(base), "--in-place"]) == 0
     assert f"patched checkpoint written to {base}" in capsys.readouterr().out
     assert_same_parameters(base, exported)
+
+
+def test_a_sharded_checkpoint_is_patched_shard_by_shard(open_engine, make_config, model_dirs, new_fact, tmp_path):
+    """The fingerprint hashes the files: the same weights saved in shards are another base."""
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(model_dirs["llama"]).save_pretrained(sharded, max_shard_size="100KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(model_dirs["llama"] / name, sharded / name)
+    assert (sharded / "model.safetensors.index.json").exists()
+    base = shutil.copytree(sharded, tmp_path / "base")
+    editor = open_engine(config=make_config("llama", **WINDOWS).replace("model", path=str(sharded)))
+    edit_two_generations(editor, new_fact)
+    patch = patch_from_editor(editor)
+    weight_map = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len({weight_map[name] for name in patch.tensors}) > 1          # the patch spans shards
+    write_patch(patch, tmp_path / "patch")
+    with pytest.raises(ModelNotReady, match="not the model this patch was made for"):
+        apply_patch(tmp_path / "patch", model_dirs["llama"], out=tmp_path / "unsharded")
+    apply_patch(tmp_path / "patch", base, in_place=True)
+    assert_same_parameters(base, editor.export(tmp_path / "export"))
