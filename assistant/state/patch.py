@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,10 @@ from safetensors.torch import load_file, save_file
 from assistant.errors import ModelNotReady, StateError
 from assistant.model.architectures import stored_weight
 from assistant.model.loading import fingerprint
+from assistant.state.ledger import Ledger
 from assistant.state.sums import read_generation
+
+LEDGER_FILE = "ledger.sqlite"             # in the state folder, beside sums/
 
 FORMAT = "livedit-weight-patch"
 FORMAT_VERSION = 1
@@ -129,20 +133,28 @@ def patch_from_editor(editor, since: int = 0) -> WeightPatch:
     The weights are rebuilt from the sums file that the ledger's last generation names, as a
     restart would rebuild them, so the generation and the weights always belong together,
     even while another thread commits (a file removed under us is read again)."""
-    for _ in range(3):
-        generation, file = editor.ledger.current_generation()
-        if not 0 <= since <= generation:
-            raise StateError(f"--since {since}: the state has generations 0 to {generation}")
-        layers = [layer for layer in layers_changed_since(editor.ledger, since, generation) if layer in editor.layers]
-        if not layers:
-            return _patch(editor, generation, since, {})
-        try:
-            sums = read_generation(editor.sums_dir, file, editor.method)
-        except FileNotFoundError:
-            continue                    # a commit replaced the file after we read the ledger
-        weights = editor.weights_from(sums)
-        return _patch(editor, generation, since, {layer: weights[layer] for layer in layers})
+    with closing(Ledger(editor.sums_dir.parent / LEDGER_FILE)) as ledger:     # its own connection
+        for _ in range(3):
+            generation, file = ledger.current_generation()
+            if not 0 <= since <= generation:
+                raise StateError(f"--since {since}: the state has generations 0 to {generation}")
+            layers = [layer for layer in layers_changed_since(ledger, since, generation) if layer in editor.layers]
+            patch = _patch_at(editor, generation, since, file, layers)
+            if patch is not None:
+                return patch
     raise StateError("the state kept changing while the patch was read; try again")
+
+
+def _patch_at(editor, generation: int, since: int, file: str | None, layers: list[int]) -> WeightPatch | None:
+    """The patch from the sums file of ``generation``; None if a later commit removed that file."""
+    if not layers:
+        return _patch(editor, generation, since, {})
+    try:
+        sums = read_generation(editor.sums_dir, file, editor.method)
+    except FileNotFoundError:
+        return None                     # a commit replaced the file after we read the ledger
+    weights = editor.weights_from(sums)
+    return _patch(editor, generation, since, {layer: weights[layer] for layer in layers})
 
 
 def _patch(editor, generation: int, since: int, weights: dict[int, torch.Tensor]) -> WeightPatch:
