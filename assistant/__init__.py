@@ -1,1 +1,1 @@
-"""livedit's assistant: model loading, chat, and the MEMIT/D4S editing engine."""
+"""The assistant: the model, the editing engine, its durable state and evaluation; config, errors, facts, the engine's CLI."""

@@ -1,1 +1,1 @@
-"""The application: the `livedit` command line, which wires the assistant and the updater together."""
+"""The application: the `livedit` entry point (one config, every package's commands) and the serving process."""

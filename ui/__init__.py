@@ -1,5 +1,1 @@
-"""livedit's Gradio app (chat with feedback, knowledge, queue, history, health).
-
-Built in a later issue; the engine and the updater already expose what it needs:
-a shadow-editing engine with a serve lock, streaming chat, the queue and the intake.
-"""
+"""The web UI that `livedit serve` shows: for now a minimal Gradio chat page (app.py, build_app(services))."""
