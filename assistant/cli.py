@@ -10,8 +10,16 @@ from assistant.errors import ConfigError
 
 
 def _editor(args, method: str | None = None):
-    from assistant.editing.engine import open_editor
-    return open_editor(args.config, state_dir=args.state_dir, method=method, progress=not args.quiet)
+    from assistant.editing.editor import Editor
+    return Editor.open(args.config, state_dir=args.state_dir, method=method, progress=not args.quiet)
+
+
+def _state_status(args):
+    """The state's ledger alone: commands that only read or check it load no model."""
+    from assistant.state.identity import state_dir_for
+    from assistant.state.ledger import read_status
+
+    return read_status(state_dir_for(args.config, args.state_dir))
 
 
 def cmd_edit(args) -> None:
@@ -28,7 +36,7 @@ def cmd_edit(args) -> None:
         print(f"already in the model, unchanged: {', '.join(report.unchanged)}")
     if report.superseded:
         print(f"superseded earlier edit(s): {_ranges(report.superseded)}")
-    _print_norms(editor)
+    _print_norms(editor.norms())
 
 
 def _ranges(ids: list[int]) -> str:
@@ -38,38 +46,45 @@ def _ranges(ids: list[int]) -> str:
         else ", ".join(map(str, ids))
 
 
-def _print_norms(editor) -> None:
+def _print_norms(norms) -> None:
     print("layer  L1 (mean |w|)  growth vs W0  mean |W - W0|")
-    for n in editor.norms():
+    for n in norms:
         print(f"{n.layer:>5}  {n.mean_abs:13.6f}  {n.growth * 100:+11.3f}%  {n.mean_abs_delta:13.3e}")
 
 
 def cmd_retract(args) -> None:
-    editor = _editor(args)
-    editor.retract(args.edit_id)
+    from assistant.editing.editor import check_retractable
+
+    status = _state_status(args)               # a wrong id is refused before the model loads
+    record = next((e for e in status.edits if e.id == args.edit_id), None)
+    check_retractable(record, args.edit_id, status.method or args.config.editing.method)
+    with _editor(args) as editor:
+        editor.retract(args.edit_id)
+        norms = editor.norms()
     print(f"retracted edit {args.edit_id}")
-    _print_norms(editor)
+    _print_norms(norms)
 
 
 def cmd_status(args) -> None:
-    editor = _editor(args)
-    edits = editor.ledger.edits()
-    active = [e for e in edits if e.status == "active"]
-    print(f"state {editor.sums_dir.parent} | method {editor.method} | model {editor.loaded.path}")
-    print(f"{len(active)} active edit(s), {len(edits) - len(active)} retracted or superseded")
-    for e in edits[-args.limit:]:
+    status = _state_status(args)
+    active = status.active
+    print(f"state {status.folder} | method {status.method or args.config.editing.method} | "
+          f"generation {status.generation}")
+    print(f"{len(active)} active edit(s), {len(status.edits) - len(active)} retracted or superseded")
+    for e in status.edits[-args.limit:]:
         fact = e.fact
         print(f"  {e.id:>5} {e.status:<10} {fact.id:<14} {fact.filled_prompt!r} -> {fact.target_new!r}"
               f"  P={e.target_probability or 0:.2f}")
-    _print_norms(editor)
+    if status.norms:
+        _print_norms(status.norms)
 
 
-def _stream_to_stdout(editor, question: str) -> None:
+def _stream_to_stdout(editor, question: str, chat) -> None:
     from assistant.model.chat import stream_answer
 
     shown = ""
-    for text in stream_answer(editor.model, editor.tokenizer, question, editor.config.chat.max_new_tokens,
-                              editor.config.chat.system_prompt, lock=editor.lock):
+    for text in stream_answer(editor.model, editor.tokenizer, question, chat.max_new_tokens, editor.system_prompt,
+                              reading=editor.weights.reading, stall_seconds=chat.stall_seconds):
         sys.stdout.write(text[len(shown):])
         sys.stdout.flush()
         shown = text
@@ -77,12 +92,13 @@ def _stream_to_stdout(editor, question: str) -> None:
 
 
 def cmd_ask(args) -> None:
-    _stream_to_stdout(_editor(args), args.question)
+    with _editor(args) as editor:
+        _stream_to_stdout(editor, args.question, args.config.chat)
 
 
 def cmd_chat(args) -> None:
     editor = _editor(args)
-    active = len(editor.ledger.edits("active"))
+    active = len(editor.edits("active"))
     print(f"livedit chat on {editor.loaded.path.name} with {active} edit(s) ({editor.method}). "
           "Empty line or Ctrl-D quits.")
     while True:
@@ -93,7 +109,7 @@ def cmd_chat(args) -> None:
         if not question:
             break
         sys.stdout.write("model> ")
-        _stream_to_stdout(editor, question)
+        _stream_to_stdout(editor, question, args.config.chat)
 
 
 def cmd_export(args) -> None:

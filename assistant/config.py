@@ -150,10 +150,13 @@ def _check_layer_list(key: str, layers: list, may_be_empty: bool) -> None:
 class ChatConfig:
     max_new_tokens: int = _help("longest answer, in tokens", 48)
     system_prompt: str = _help("system message; empty keeps the model's default", "")
+    stall_seconds: float = _help("an answer that gives no new token for this long is stopped with an error", 60.0)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ConfigError("[chat] max_new_tokens must be at least 1")
+        if self.stall_seconds <= 0:
+            raise ConfigError("[chat] stall_seconds must be above 0")
 
 
 @dataclass(frozen=True)

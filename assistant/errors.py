@@ -23,3 +23,7 @@ class ModelNotReady(LiveditError):
 
 class StateError(LiveditError):
     """The durable state directory is inconsistent with the request."""
+
+
+class GenerationStalled(LiveditError):
+    """The model produced no new token for too long while streaming an answer."""

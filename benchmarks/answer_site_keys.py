@@ -21,7 +21,7 @@ import torch
 from assistant.model.architectures import get_module
 from assistant.model.chat import chat_prompt, encode_chat_prompt
 from assistant.evaluation.datasets import edit_records
-from assistant.editing.engine import open_editor
+from assistant.editing.editor import Editor
 from assistant.model.hooks import capture_inputs
 from benchmarks.common import common_arguments, configured, load_slice, write_json
 
@@ -39,7 +39,7 @@ def sites_from_end(tokenizer, text: str, question: str) -> dict[str, int]:
 @torch.no_grad()
 def site_keys(editor, questions: list[str], batch_size: int = 32) -> dict[int, dict[str, torch.Tensor]]:
     """{layer: {site: (n, d_in) float64}}: each edited module's input at each site."""
-    tok, system = editor.tokenizer, editor.config.chat.system_prompt
+    tok, system = editor.tokenizer, editor.system_prompt
     modules = {str(layer): get_module(editor.model, editor.names[layer]) for layer in editor.layers}
     found = {layer: {site: [] for site in SITES} for layer in editor.layers}
     for start in range(0, len(questions), batch_size):
@@ -89,7 +89,7 @@ def main() -> None:
     facts = load_slice(config, "qaedit", args.start, args.count)
     unrelated = [f.question for f in load_slice(config, "qaedit", args.unrelated_start, args.unrelated_count)]
     held_back = [record["src"] for record in edit_records(shared, "zsre")[:args.chat_questions]]
-    editor = open_editor(config, state_dir=args.state_dir)
+    editor = Editor.open(config, state_dir=args.state_dir)
     trained, rephrased = site_keys(editor, [f.question for f in facts]), site_keys(editor, [f.paraphrases[0] for f in facts])
     others, chat = site_keys(editor, unrelated), site_keys(editor, held_back)
     lam = config.editing.mom2_weight

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 
-from assistant.editing.engine import open_editor
+from assistant.editing.editor import Editor
 from assistant.evaluation.metrics import answers, chat_scores, locality_questions
 from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
 
@@ -33,10 +33,10 @@ def main() -> None:
     config = configured(args.set)
     started_in = environment()                  # the commit the run starts from, not the one at its end
     facts = load_slice(config, args.data, args.start, args.count)
-    editor = open_editor(config, state_dir=args.state_dir)
+    editor = Editor.open(config, state_dir=args.state_dir)
     tok, system, length = editor.tokenizer, config.chat.system_prompt, args.max_new_tokens
     if args.evaluate_only:
-        edited = {record.fact.id for record in editor.ledger.edits("active")}
+        edited = {record.fact.id for record in editor.edits("active")}
         facts = [f for f in facts if f.id in edited]
         with editor.unedited():
             before = chat_scores(editor.model, tok, facts, length, system)

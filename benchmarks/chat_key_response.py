@@ -19,7 +19,7 @@ import torch
 
 from assistant.model.architectures import get_module
 from assistant.model.chat import chat_prompt, encode_chat_prompt
-from assistant.editing.engine import open_editor
+from assistant.editing.editor import Editor
 from assistant.model.hooks import capture_inputs
 from assistant.evaluation.metrics import answer_contains, answers
 from assistant.editing.prompts import encode_with_subject, target_ids
@@ -34,7 +34,7 @@ def response_ratio(A: torch.Tensor, trained: torch.Tensor, other: torch.Tensor) 
 
 def subject_key(editor, layer: int, question: str, subject: str) -> torch.Tensor:
     """The edited module's input at the last token of the subject's last (case-blind) match."""
-    text = chat_prompt(editor.tokenizer, question, editor.config.chat.system_prompt)
+    text = chat_prompt(editor.tokenizer, question, editor.system_prompt)
     start = text.lower().rindex(subject.lower())
     ids, position = encode_with_subject(editor.tokenizer, text, start, start + len(subject), chat=True)
     with capture_inputs({"key": get_module(editor.model, editor.names[layer])}) as got, torch.no_grad():
@@ -45,7 +45,7 @@ def subject_key(editor, layer: int, question: str, subject: str) -> torch.Tensor
 @torch.no_grad()
 def first_token_probability(editor, question: str, fact) -> float:
     tok = editor.tokenizer
-    ids = encode_chat_prompt(tok, chat_prompt(tok, question, editor.config.chat.system_prompt))
+    ids = encode_chat_prompt(tok, chat_prompt(tok, question, editor.system_prompt))
     logits = editor.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
     return float(torch.softmax(logits, -1)[target_ids(tok, fact, chat=True)[0]])
 
@@ -58,8 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     config = configured(args.set)
     facts = load_slice(config, "qaedit", args.start, args.count)
-    editor = open_editor(config, state_dir=args.state_dir)
-    edits = {record.fact.id: record.id for record in editor.ledger.edits("active")}
+    editor = Editor.open(config, state_dir=args.state_dir)
+    edits = {record.fact.id: record.id for record in editor.edits("active")}
     lam = config.editing.mom2_weight
     rephrased = [f.paraphrases[0] for f in facts]
     replies = answers(editor.model, editor.tokenizer, rephrased, 32, config.chat.system_prompt)
@@ -68,7 +68,7 @@ def main() -> None:
         holds = "exact" if fact.subject in question else "case" if fact.subject.lower() in question.lower() else "no"
         ratios = {}
         if holds != "no" and fact.id in edits:
-            vectors = editor.ledger.vectors(edits[fact.id])
+            vectors = editor.vectors(edits[fact.id])
             for layer, (K, _) in vectors.items():             # the layers this edit wrote
                 A = lam * editor.C[layer].double() + editor.sums.T(layer).double()
                 trained = K[:, 0].double()

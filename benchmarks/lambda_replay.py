@@ -17,7 +17,7 @@ import dataclasses
 
 import torch
 
-from assistant.editing.engine import open_editor
+from assistant.editing.editor import Editor
 from assistant.state.l1 import layer_norms
 from assistant.evaluation.metrics import chat_scores, counterfact_scores
 from assistant.state.sums import EditSums, edited_weight
@@ -27,17 +27,16 @@ from benchmarks.common import configured, environment, write_json
 def replay(editor, edits, lam: float) -> dict:
     sums = EditSums.empty("d4s", {layer: tuple(editor.W0[layer].shape) for layer in editor.layers})
     for record in edits:
-        for layer, (K, R) in editor.ledger.vectors(record.id).items():
+        for layer, (K, R) in editor.vectors(record.id).items():
             sums.add(layer, K, R)
     weights = {layer: edited_weight(editor.W0[layer], sums.offset(layer, editor.C[layer], lam))
                for layer in editor.layers}
-    for layer, W in weights.items():
-        editor._set_weight(editor.model, layer, W)
+    editor.swap_in(weights)
     facts = [record.fact for record in edits]
     if all(f.target_true for f in facts):
         scores = dataclasses.asdict(counterfact_scores(editor.model, editor.tokenizer, facts))
     else:                                    # QAEdit questions: chat efficacy by greedy answers
-        chat = chat_scores(editor.model, editor.tokenizer, facts, system_prompt=editor.config.chat.system_prompt)
+        chat = chat_scores(editor.model, editor.tokenizer, facts, system_prompt=editor.system_prompt)
         scores = {"chat_efficacy": chat.efficacy, "chat_paraphrase": chat.paraphrase}
     growth = {str(layer): layer_norms(layer, W, editor.W0[layer]).growth for layer, W in weights.items()}
     return {"lambda": lam, **scores, "l1_growth": growth, "max_l1_growth": max(growth.values())}
@@ -51,9 +50,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
-    editor = open_editor(configured(args.set), state_dir=args.state_dir, progress=False)
-    edits = editor.ledger.edits("active")[:args.edits]
-    results = {"state": args.state_dir, "edits": len(edits), "run_lambda": editor.config.editing.mom2_weight,
+    editor = Editor.open(configured(args.set), state_dir=args.state_dir, progress=False)
+    edits = editor.edits("active")[:args.edits]
+    results = {"state": args.state_dir, "edits": len(edits), "run_lambda": editor.editing.mom2_weight,
                "environment": environment(), "replays": []}
     with torch.no_grad():
         for lam in (float(x) for x in args.lambdas.split(",")):

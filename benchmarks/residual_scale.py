@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from assistant.editing.engine import open_editor
+from assistant.editing.editor import Editor
 from assistant.evaluation.metrics import answers, chat_scores, locality_questions
 from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
 
@@ -35,10 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     config = configured(args.set)
     started_in = environment()
-    editor = open_editor(config, state_dir=args.state_dir)
+    editor = Editor.open(config, state_dir=args.state_dir)
     if editor.method != "d4s":
         parser.error(f"{args.state_dir} holds {editor.method} edits; this probe scales d4s sums")
-    edited = {record.fact.id for record in editor.ledger.edits("active")}
+    edited = {record.fact.id for record in editor.edits("active")}
     facts = [f for f in load_slice(config, "qaedit", args.start, args.count) if f.id in edited]
     tok, system = editor.tokenizer, config.chat.system_prompt
     with editor.unedited():

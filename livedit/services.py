@@ -77,13 +77,13 @@ class Services:
             log.error("livedit serve could not start: %s", error)
 
     def _open_model(self) -> None:
-        from assistant.editing.engine import open_editor
+        from assistant.editing.editor import Editor
         from assistant.model.loading import load_model
 
         self.report("model", "loading the model (the default model is converted once, about a minute)")
         loaded = load_model(self.config)
         self.report("covariance", "the edited layers' key statistics (computed once per model, then cached)")
-        self.editor = open_editor(self.config, state_dir=self.state_dir, loaded=loaded, progress=False)
+        self.editor = Editor.open(self.config, state_dir=self.state_dir, loaded=loaded, progress=False)
 
     def _open_updater(self) -> None:
         from updater.queue import EditQueue
@@ -114,5 +114,5 @@ class Services:
         from assistant.model.chat import stream_answer
 
         editor, chat = self.editor, self.config.chat
-        yield from stream_answer(editor.model, editor.tokenizer, question, chat.max_new_tokens,
-                                 chat.system_prompt, lock=editor.lock)
+        yield from stream_answer(editor.model, editor.tokenizer, question, chat.max_new_tokens, chat.system_prompt,
+                                 reading=editor.weights.reading, stall_seconds=chat.stall_seconds)

@@ -218,21 +218,21 @@ def make_config(model_dirs):
 @pytest.fixture
 def open_engine(make_config, livedit_dirs):
     """open_engine("gpt2", method="d4s") -> an Editor on a freshly loaded tiny model."""
-    from assistant.editing.engine import open_editor
+    from assistant.editing.editor import Editor
 
     opened = []
 
     def open_(model: str = "llama", method: str | None = None, state_dir: Path | None = None,
               loaded=None, config=None, **editing):
         config = config or make_config(model, **editing)
-        editor = open_editor(config, state_dir=state_dir or livedit_dirs["state"], method=method,
+        editor = Editor.open(config, state_dir=state_dir or livedit_dirs["state"], method=method,
                              loaded=loaded, progress=False)
         opened.append(editor)
         return editor
 
     yield open_
     for editor in opened:
-        editor.ledger.close()
+        editor.close()
 
 
 def fact(index: int, subject: str | None = None, target: str | None = None, **extra):
@@ -266,12 +266,12 @@ def snapshot(editor) -> dict:
     """Everything a rejected edit must leave as it was."""
     return {
         "served": editor.current_weights(),
-        "shadow": {layer: editor._weight(editor.shadow, layer).detach().clone() for layer in editor.layers},
-        "edits": [(e.id, e.fact, e.status) for e in editor.ledger.edits()],
-        "generation": editor.ledger.current_generation(),
+        "shadow": {layer: editor.shadow_weights()[layer] for layer in editor.layers},
+        "edits": [(e.id, e.fact, e.status) for e in editor.edits()],
+        "generation": editor.generation,
         "sums": {name: t.clone() for name, t in editor.sums.tensors.items()},
         "files": sorted(p.name for p in editor.sums_dir.iterdir()) if editor.sums_dir.exists() else [],
-        "l1_rows": len(editor.ledger.l1_history()),
+        "l1_rows": len(editor.l1_history()),
     }
 
 
@@ -292,8 +292,8 @@ def assert_unchanged(editor, before: dict) -> None:
 def sums_of_active_edits(editor) -> dict[str, torch.Tensor]:
     """D4S sums rebuilt from the ledger: S_l = sum r k^T, T_l = sum k k^T over active edits."""
     expected = {name: torch.zeros_like(t) for name, t in editor.sums.tensors.items()}
-    for record in editor.ledger.edits("active"):
-        for layer, (k, r) in editor.ledger.vectors(record.id).items():
+    for record in editor.edits("active"):
+        for layer, (k, r) in editor.vectors(record.id).items():
             expected[f"S.{layer}"] += r @ k.T
             expected[f"T.{layer}"] += k @ k.T
     return expected

@@ -36,10 +36,10 @@ def approve(queue, facts) -> list[int]:
 def assert_applied(editor, queue, item_id: int, edit_id: int) -> None:
     item = queue.get(item_id)
     assert item.state == "applied" and item.edit_id == edit_id
-    record = editor.ledger.edit(edit_id)
+    record = editor.edit(edit_id)
     assert record.status == "active" and record.fact.id == item.fact_id
     assert record.fact.target_new == item.new_object
-    assert editor.ledger.active_edit_for_fact(item.fact_id).id == edit_id
+    assert editor.active_edit(item.fact_id).id == edit_id
 
 
 def test_approved_items_are_applied_with_their_engine_edit_ids(open_engine, queue, new_fact):
@@ -52,7 +52,7 @@ def test_approved_items_are_applied_with_their_engine_edit_ids(open_engine, queu
     assert list(outcome.applied) == ids and outcome.failed == {} and not outcome.stopped
     for item_id, edit_id in outcome.applied.items():
         assert_applied(editor, queue, item_id, edit_id)
-    assert seen == [(2, 3), (3, 3)] and editor.ledger.current_generation()[0] == 2
+    assert seen == [(2, 3), (3, 3)] and editor.generation == 2
     assert queue.get(waiting.id).state == "proposed"
     events = queue.show(ids[0]).events
     assert [(e.to_state, e.who) for e in events][-2:] == [("applying", "test"), ("applied", "test")]
@@ -61,16 +61,16 @@ def test_approved_items_are_applied_with_their_engine_edit_ids(open_engine, queu
 def test_a_raising_batch_fails_its_items_and_applies_nothing(open_engine, queue, new_fact, inspect):
     editor = open_engine("llama")
     ids = approve(queue, [new_fact(i) for i in range(4)])
-    original, before = editor._edit_batch, {}
+    original, before = editor._solver.edit_batch, {}
 
-    def fails_on_the_second_batch(facts, sums, layers):
+    def fails_on_the_second_batch(facts, sums, layers, weights):
         if any(fact.id == "fact-2" for fact in facts):
             before["snapshot"] = inspect.snapshot(editor)
-            original(facts, sums, layers)         # the math runs, then the batch raises
+            original(facts, sums, layers, weights)         # the math runs, then the batch raises
             raise RuntimeError("disk full\nwhile writing")
-        return original(facts, sums, layers)
+        return original(facts, sums, layers, weights)
 
-    editor._edit_batch = fails_on_the_second_batch
+    editor._solver.edit_batch = fails_on_the_second_batch
     outcome = apply_approved(editor, queue, batch_size=2)
     assert list(outcome.applied) == ids[:2] and list(outcome.failed) == ids[2:]
     inspect.assert_unchanged(editor, before["snapshot"])
@@ -78,9 +78,9 @@ def test_a_raising_batch_fails_its_items_and_applies_nothing(open_engine, queue,
         item = queue.get(item_id)
         assert item.state == "failed" and item.edit_id is None
         assert queue.show(item_id).events[-1].why == "the batch failed: RuntimeError: disk full while writing"
-        assert editor.ledger.active_edit_for_fact(item.fact_id) is None
+        assert editor.active_edit(item.fact_id) is None
 
-    del editor._edit_batch                        # the engine's own method again
+    del editor._solver.edit_batch                        # the engine's own method again
     for item_id in ids[2:]:
         queue.approve(item_id, who=WHO, why="try again")
     retried = apply_approved(editor, queue, batch_size=2)
@@ -106,11 +106,11 @@ def test_an_item_the_engine_cannot_take_fails_alone(open_engine, queue, new_fact
 def test_an_object_the_model_already_holds_is_marked_applied_with_that_edit(open_engine, queue, new_fact):
     editor = open_engine("llama")
     edit_id = editor.apply([new_fact(0)]).edit_ids[0]
-    generation = editor.ledger.current_generation()
+    generation = editor.generation
     ids = approve(queue, [new_fact(0)])
     assert apply_approved(editor, queue).applied == {ids[0]: edit_id}
     assert_applied(editor, queue, ids[0], edit_id)
-    assert editor.ledger.current_generation() == generation
+    assert editor.generation == generation
 
 
 def test_items_left_applying_by_a_crash_are_settled(open_engine, queue, new_fact):

@@ -106,24 +106,24 @@ def test_paths_follow_environment(livedit_dirs):
 
 
 def test_layers_out_of_range_fail_on_open(make_config, livedit_dirs):
-    from assistant.editing.engine import open_editor
+    from assistant.editing.editor import Editor
 
     config = make_config("llama", layers=[2, 4])
     state = livedit_dirs["state"] / "out-of-range"
     with pytest.raises(ConfigError) as error:
-        open_editor(config, state_dir=state, progress=False)
+        Editor.open(config, state_dir=state, progress=False)
     assert "[2, 4]" in str(error.value) and "0 to 3" in str(error.value)
     assert not state.exists()
 
 
 def test_bad_method_given_to_open_editor_is_rejected(make_config, livedit_dirs):
-    from assistant.editing.engine import open_editor
+    from assistant.editing.editor import Editor
     from assistant.state.ledger import Ledger
 
     state = livedit_dirs["state"] / "bad-method"
     with pytest.raises(ConfigError, match="method"):
-        editor = open_editor(make_config("llama"), state_dir=state, method="memit_seq", progress=False)
-        editor.ledger.close()
+        editor = Editor.open(make_config("llama"), state_dir=state, method="memit_seq", progress=False)
+        editor.close()
     if (state / "ledger.sqlite").exists():   # nothing may have been recorded for the bad method
         ledger = Ledger(state / "ledger.sqlite")
         try:

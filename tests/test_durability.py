@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from assistant.editing.engine import state_dir_for
+from assistant.state.identity import state_dir_for
+from assistant.state.ledger import Ledger
 from assistant.errors import StateError
 from assistant.model.loading import load_model
 from assistant.state.sums import EditSums, read_generation, remove_other_generations, write_generation
@@ -48,50 +49,52 @@ def test_restart_rebuilds_identical_weights(model, open_engine, make_config, fac
     editor.retract(ids[0])
     before = editor.current_weights()
     served_before = {k: v.clone() for k, v in editor.model.state_dict().items()}
-    editor.ledger.close()
+    editor.close()
 
     restarted = open_engine(model, loaded=load_model(make_config(model)))
     assert restarted.method == "d4s"
     for layer in editor.layers:
         assert torch.equal(restarted.current_weights()[layer], before[layer])
-        assert torch.equal(restarted._weight(restarted.shadow, layer), before[layer])
+        assert torch.equal(restarted.shadow_weights()[layer], before[layer])
         assert not torch.equal(restarted.W0[layer], before[layer])
         assert torch.equal(restarted.W0[layer], editor.W0[layer])
     for name, tensor in restarted.model.state_dict().items():
         assert torch.equal(tensor, served_before[name]), name
     assert all(torch.equal(restarted.sums.tensors[k], v) for k, v in editor.sums.tensors.items())
-    assert [(e.id, e.status) for e in restarted.ledger.edits()] == [
+    assert [(e.id, e.status) for e in restarted.edits()] == [
         (1, "retracted"), (2, "superseded"), (3, "active"), (4, "active"), (5, "active")]
-    assert [e.fact for e in restarted.ledger.edits()] == facts + [superseding]
+    assert [e.fact for e in restarted.edits()] == facts + [superseding]
 
 
 def test_restart_drops_files_of_an_unrecorded_commit(open_engine, make_config, facts):
     editor = open_engine()
     editor.apply(facts[:2])
     before = editor.current_weights()
-    committed = editor.ledger.current_generation()[1]
+    committed = "gen-000001.safetensors"
+    assert sorted(p.name for p in editor.sums_dir.iterdir()) == [committed]
     # a crash after the rename but before the ledger transaction, and one during the write
     garbage = editor.sums.copy()
     for tensor in garbage.tensors.values():
         tensor += 1.0
     write_generation(editor.sums_dir, 2, garbage)
     (editor.sums_dir / ".gen-000003.safetensors.tmp").write_bytes(b"partial")
-    editor.ledger.close()
+    editor.close()
 
     restarted = open_engine(loaded=load_model(make_config()))
     assert sorted(p.name for p in restarted.sums_dir.iterdir()) == [committed]
     for layer in restarted.layers:
         assert torch.equal(restarted.current_weights()[layer], before[layer])
-    assert restarted.ledger.current_generation() == (1, committed)
+    assert restarted.generation == 1
     # the next commit reuses generation 2 cleanly
     restarted.apply([facts[2]])
-    assert restarted.ledger.current_generation() == (2, "gen-000002.safetensors")
+    assert restarted.generation == 2
+    assert sorted(p.name for p in restarted.sums_dir.iterdir()) == ["gen-000002.safetensors"]
 
 
 def test_state_made_with_other_settings_is_refused(open_engine, facts):
     editor = open_engine()
     editor.apply(facts[:1])
-    editor.ledger.close()
+    editor.close()
     with pytest.raises(StateError, match="layers"):
         open_engine(layers=[0, 2])
     with pytest.raises(StateError, match="mom2_weight"):
@@ -105,11 +108,11 @@ def test_state_made_with_other_settings_is_refused(open_engine, facts):
 def test_a_state_from_before_chat_layers_opens_as_one_window(open_engine, facts):
     editor = open_engine()
     editor.apply(facts[:1])
-    with editor.ledger.conn:                       # as written before the key existed
-        editor.ledger.conn.execute("DELETE FROM meta WHERE key = 'chat_layers'")
-    assert "chat_layers" not in editor.ledger.meta()
-    editor.ledger.close()
-    assert open_engine().ledger.edits("active")[0].fact == facts[0]
+    editor.close()
+    with Ledger.in_state(editor.sums_dir.parent) as ledger, ledger.conn:     # as written before the key existed
+        ledger.conn.execute("DELETE FROM meta WHERE key = 'chat_layers'")
+        assert "chat_layers" not in ledger.meta()
+    assert open_engine().edits("active")[0].fact == facts[0]
     with pytest.raises(StateError, match="chat_layers = \\[\\]") as refused:
         open_engine(chat_layers=[0, 1])
     assert "or set [editing] chat_layers = [] in config.toml to keep using this state" in str(refused.value)

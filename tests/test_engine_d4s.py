@@ -24,12 +24,13 @@ def test_edits_change_only_the_edited_layers(model, open_engine, make_config, fa
     pristine = load_model(make_config(model)).model
     report = editor.apply(facts[:3])
 
-    active = editor.ledger.edits("active")
+    active = editor.edits("active")
     assert report.edit_ids == [e.id for e in active] and len(report.edit_ids) == 3
     assert [e.fact for e in active] == facts[:3]
     assert {e.generation for e in active} == {1} and {e.method for e in active} == {"d4s"}
     assert len(report.probabilities) == 3 and all(0 < p < 1 for p in report.probabilities)
-    assert editor.ledger.current_generation() == (1, "gen-000001.safetensors")
+    assert editor.generation == 1 and editor.status().generation == 1
+    assert sorted(p.name for p in editor.sums_dir.iterdir()) == ["gen-000001.safetensors"]
     assert sorted(p.name for p in editor.sums_dir.iterdir()) == ["gen-000001.safetensors"]
 
     served, reference = dict(editor.model.named_parameters()), dict(pristine.named_parameters())
@@ -39,21 +40,21 @@ def test_edits_change_only_the_edited_layers(model, open_engine, make_config, fa
         else:
             assert torch.equal(parameter, reference[name]), f"{name} changed but is not an edited layer"
 
-    lam = editor.config.editing.mom2_weight
+    lam = editor.editing.mom2_weight
     expected = inspect.sums_of_active_edits(editor)
     for layer in editor.layers:
-        k, r = editor.ledger.vectors(active[0].id)[layer]
-        W = editor._weight(editor.model, layer)
-        forms = len(editor.config.editing.context_prefixes)       # per_form keys: a column per prompt form
+        k, r = editor.vectors(active[0].id)[layer]
+        W = editor.current_weights()[layer]
+        forms = len(editor.editing.context_prefixes)       # per_form keys: a column per prompt form
         assert k.shape[0] == W.shape[1] and k.shape[1] >= forms and r.shape == (W.shape[0], k.shape[1])
         for name in (f"S.{layer}", f"T.{layer}"):
             assert inspect.relative_error(editor.sums.tensors[name], expected[name]) < 1e-10
         rebuilt = edited_weight(editor.W0[layer], d4s_delta(expected[f"S.{layer}"], expected[f"T.{layer}"],
                                                            editor.C[layer], lam))
         assert inspect.relative_error(W, rebuilt) < 1e-6
-        assert torch.equal(editor._weight(editor.shadow, layer), W)
+        assert torch.equal(editor.shadow_weights()[layer], W)
 
-    history = [row for row in editor.ledger.l1_history() if row["generation"] == 1]
+    history = [row for row in editor.l1_history() if row["generation"] == 1]
     assert [row["layer"] for row in history] == editor.layers
     for row, norms in zip(history, editor.norms()):
         assert row["active_edits"] == 3
@@ -78,8 +79,8 @@ def test_single_edit_realises_its_share_through_the_module(model, open_engine, m
     editor = open_engine(model, key_mode="mean")
     pristine = load_model(make_config(model)).model
     report = editor.apply([new_fact(5)])
-    vectors = editor.ledger.vectors(report.edit_ids[0])
-    lam = editor.config.editing.mom2_weight
+    vectors = editor.vectors(report.edit_ids[0])
+    lam = editor.editing.mom2_weight
     for layer in editor.layers:
         k, r = vectors[layer]
         k, r = k[:, 0], r[:, 0]
@@ -91,7 +92,7 @@ def test_single_edit_realises_its_share_through_the_module(model, open_engine, m
         assert share > 0.01
         assert inspect.relative_error(moved[0], share * r) < 1e-4
         if layer == editor.layers[0]:
-            assert editor.ledger.edit(report.edit_ids[0]).realised_fraction == pytest.approx(share, rel=1e-9)
+            assert editor.edit(report.edit_ids[0]).realised_fraction == pytest.approx(share, rel=1e-9)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -99,19 +100,19 @@ def test_retracting_every_edit_restores_w0(model, open_engine, make_config, fact
     editor = open_engine(model, batch_size=2)
     pristine = load_model(make_config(model)).model
     report = editor.apply(facts)
-    assert editor.ledger.current_generation()[0] == 2                 # two batches of two
+    assert editor.generation == 2                 # two batches of two
     for edit_id in reversed(report.edit_ids):
         editor.retract(edit_id)
-    assert [e.status for e in editor.ledger.edits()] == ["retracted"] * 4
-    assert editor.ledger.edits("active") == []
-    assert editor.ledger.current_generation()[0] == 6
+    assert [e.status for e in editor.edits()] == ["retracted"] * 4
+    assert editor.edits("active") == []
+    assert editor.generation == 6
     for layer in editor.layers:
         W0 = get_module(pristine, editor.names[layer]).weight
         assert inspect.relative_error(get_module(editor.model, editor.names[layer]).weight, W0) < 1e-6
-        assert inspect.relative_error(editor._weight(editor.shadow, layer), editor.W0[layer]) < 1e-6
+        assert inspect.relative_error(editor.shadow_weights()[layer], editor.W0[layer]) < 1e-6
         assert editor.sums.tensors[f"S.{layer}"].abs().max() < 1e-9
         assert editor.sums.tensors[f"T.{layer}"].abs().max() < 1e-9
-    assert [row["active_edits"] for row in editor.ledger.l1_history()][-1] == 0
+    assert [row["active_edits"] for row in editor.l1_history()][-1] == 0
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -121,9 +122,9 @@ def test_edit_a_then_b_then_retract_a_leaves_b_alone(model, open_engine, new_fac
     (b,) = editor.apply([new_fact(2)]).edit_ids
     editor.retract(a)
 
-    assert editor.ledger.edit(a).status == "retracted" and editor.ledger.edit(b).status == "active"
-    lam = editor.config.editing.mom2_weight
-    for layer, (k, r) in editor.ledger.vectors(b).items():
+    assert editor.edit(a).status == "retracted" and editor.edit(b).status == "active"
+    lam = editor.editing.mom2_weight
+    for layer, (k, r) in editor.vectors(b).items():
         S, T = r @ k.T, k @ k.T
         assert inspect.relative_error(editor.sums.tensors[f"S.{layer}"], S) < 1e-6
         assert inspect.relative_error(editor.sums.tensors[f"T.{layer}"], T) < 1e-6
@@ -154,19 +155,19 @@ def test_supersede_replaces_the_old_edit_exactly(open_engine, new_fact, inspect,
 
     assert report.superseded == [old] and len(report.edit_ids) == 1
     (new_id,) = report.edit_ids
-    assert editor.ledger.edit(old).status == "superseded"
-    assert editor.ledger.active_edit_for_fact("capital").id == new_id
-    assert editor.ledger.active_edit_for_fact("capital").fact.target_new == "Rome"
-    assert [e.id for e in editor.ledger.edits("active")] == [new_id]
-    for layer, (k, r) in editor.ledger.vectors(new_id).items():
+    assert editor.edit(old).status == "superseded"
+    assert editor.active_edit("capital").id == new_id
+    assert editor.active_edit("capital").fact.target_new == "Rome"
+    assert [e.id for e in editor.edits("active")] == [new_id]
+    for layer, (k, r) in editor.vectors(new_id).items():
         assert inspect.relative_error(editor.sums.tensors[f"S.{layer}"], r @ k.T) < 1e-6
         assert inspect.relative_error(editor.sums.tensors[f"T.{layer}"], k @ k.T) < 1e-6
 
     # the new edit was measured with the old one removed: as if it were the first edit
     fresh = open_engine(state_dir=livedit_dirs["state"] / "fresh")
     (fresh_id,) = fresh.apply([new]).edit_ids
-    for layer, (k, r) in fresh.ledger.vectors(fresh_id).items():
-        k_new, r_new = editor.ledger.vectors(new_id)[layer]
+    for layer, (k, r) in fresh.vectors(fresh_id).items():
+        k_new, r_new = editor.vectors(new_id)[layer]
         assert inspect.relative_error(k_new, k) < 1e-5 and inspect.relative_error(r_new, r) < 1e-5
 
     # the same object again is a no-op
@@ -195,7 +196,7 @@ def test_sums_always_match_the_active_edits(open_engine, new_fact, inspect):
     editor.apply([new_fact(1, target="Rome"), new_fact(4)])
     editor.retract(ids[0])
     expected = inspect.sums_of_active_edits(editor)
-    assert len(editor.ledger.edits("active")) == 3
+    assert len(editor.edits("active")) == 3
     for name, tensor in expected.items():
         assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-6
 
@@ -222,15 +223,15 @@ def test_refinement_rounds_raise_what_the_edited_model_realises(method, open_eng
            (("plain", plain), ("refined", refined))}
     assert nll["plain"].max() > 1.0 and nll["refined"].max() < 0.1
     for layer in refined.layers:                     # the same keys, larger residuals
-        k_plain, r_plain = plain.ledger.vectors(1)[layer]
-        k_refined, r_refined = refined.ledger.vectors(1)[layer]
+        k_plain, r_plain = plain.vectors(1)[layer]
+        k_refined, r_refined = refined.vectors(1)[layer]
         assert inspect.relative_error(k_refined, k_plain) < 1e-9
         assert r_refined.norm() > r_plain.norm()
     if method == "d4s":
         expected = inspect.sums_of_active_edits(refined)
         for name, tensor in expected.items():
             assert inspect.relative_error(refined.sums.tensors[name], tensor) < 1e-10
-        for edit in refined.ledger.edits("active"):
+        for edit in refined.edits("active"):
             refined.retract(edit.id)
         for layer in refined.layers:
             assert inspect.relative_error(refined.current_weights()[layer], refined.W0[layer]) < 1e-6
@@ -254,9 +255,9 @@ def test_facts_with_a_question_edit_the_chat_layers(model, open_engine, make_con
     cloze = new_fact(1)
     asked = new_fact(2, question=f"Where is {new_fact(2).subject}?")
     cloze_id, asked_id = editor.apply([cloze, asked]).edit_ids          # one batch, one commit
-    assert editor.ledger.current_generation()[0] == 1
-    assert sorted(editor.ledger.vectors(cloze_id)) == [0]
-    assert sorted(editor.ledger.vectors(asked_id)) == [1, 2]
+    assert editor.generation == 1
+    assert sorted(editor.vectors(cloze_id)) == [0]
+    assert sorted(editor.vectors(asked_id)) == [1, 2]
     expected = inspect.sums_of_active_edits(editor)
     for name, tensor in expected.items():
         assert inspect.relative_error(editor.sums.tensors[name], tensor) < 1e-10
@@ -269,7 +270,7 @@ def test_facts_with_a_question_edit_the_chat_layers(model, open_engine, make_con
     for layer in (1, 2):
         assert inspect.relative_error(after[layer], editor.W0[layer]) < 1e-6
     restarted_weights = after
-    editor.ledger.close()
+    editor.close()
     restarted = open_engine(model, layers=[0], chat_layers=[1, 2], loaded=load_model(make_config(model)))
     for layer, W_after in restarted_weights.items():
         assert torch.equal(restarted.current_weights()[layer], W_after)

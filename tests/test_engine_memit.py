@@ -11,10 +11,10 @@ from assistant.state.sums import edited_weight
 
 
 def memit_delta_from_ledger(editor, edit_ids, layer):
-    vectors = [editor.ledger.vectors(i)[layer] for i in edit_ids]
+    vectors = [editor.vectors(i)[layer] for i in edit_ids]
     K = torch.cat([k for k, _ in vectors], dim=1)                # (d_in, columns)
     R = torch.cat([r for _, r in vectors], dim=1)                # (d_out, columns)
-    return memit_delta(K, R, editor.C[layer], editor.config.editing.mom2_weight)
+    return memit_delta(K, R, editor.C[layer], editor.editing.mom2_weight)
 
 
 def test_memit_seq_stacks_one_delta_per_batch(open_engine, new_fact, inspect):
@@ -24,18 +24,18 @@ def test_memit_seq_stacks_one_delta_per_batch(open_engine, new_fact, inspect):
     norms_after_first = editor.norms()
     second = editor.apply([new_fact(1), new_fact(2)])          # batch_size 1: two more generations
 
-    assert editor.ledger.current_generation()[0] == 3
+    assert editor.generation == 3
     ids = first.edit_ids + second.edit_ids
-    assert [e.id for e in editor.ledger.edits("active")] == ids
-    assert [editor.ledger.edit(i).generation for i in ids] == [1, 2, 3]
-    assert {e.method for e in editor.ledger.edits()} == {"memit-seq"}
+    assert [e.id for e in editor.edits("active")] == ids
+    assert [editor.edit(i).generation for i in ids] == [1, 2, 3]
+    assert {e.method for e in editor.edits()} == {"memit-seq"}
     for layer in editor.layers:
         stacked = sum(memit_delta_from_ledger(editor, [i], layer) for i in ids)
         assert inspect.relative_error(editor.sums.tensors[f"delta.{layer}"], stacked) < 1e-8
         assert torch.equal(editor.current_weights()[layer],
                            edited_weight(editor.W0[layer], editor.sums.tensors[f"delta.{layer}"]))
 
-    history = editor.ledger.l1_history()
+    history = editor.l1_history()
     assert [(row["generation"], row["layer"]) for row in history] == [(g, l) for g in (1, 2, 3) for l in (1, 2)]
     assert [row["active_edits"] for row in history] == [1, 1, 2, 2, 3, 3]
     for rows, norms in ((history[:2], norms_after_first), (history[-2:], editor.norms())):
@@ -54,18 +54,18 @@ def test_memit_seq_cannot_retract(open_engine, new_fact, inspect):
     with pytest.raises(EditRejected, match="memit-seq"):
         editor.retract(edit_id)
     inspect.assert_unchanged(editor, before)
-    assert editor.ledger.edit(edit_id).status == "active"
+    assert editor.edit(edit_id).status == "active"
 
 
 def test_memit_edits_all_facts_in_one_batch(open_engine, facts, inspect):
     editor = open_engine(method="memit", batch_size=1)          # memit ignores the batch size
     report = editor.apply(facts)
-    assert editor.ledger.current_generation()[0] == 1
-    assert [editor.ledger.edit(i).generation for i in report.edit_ids] == [1] * len(facts)
+    assert editor.generation == 1
+    assert [editor.edit(i).generation for i in report.edit_ids] == [1] * len(facts)
     for layer in editor.layers:
         expected = memit_delta_from_ledger(editor, report.edit_ids, layer)
         assert inspect.relative_error(editor.sums.tensors[f"delta.{layer}"], expected) < 1e-8
-    rows = editor.ledger.l1_history()
+    rows = editor.l1_history()
     assert [(r["generation"], r["layer"], r["active_edits"]) for r in rows] == [(1, 1, 4), (1, 2, 4)]
     for row, norms in zip(rows, editor.norms()):
         assert row["growth"] == pytest.approx(layer_norms(norms.layer, editor.current_weights()[norms.layer],

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import torch
 
-import assistant.editing.editor
+import assistant.editing.batch_solve
 from assistant.errors import ConfigError, EditRejected, InvalidFact
 from assistant.facts import load_facts, make_fact
 from assistant.model.loading import load_model
@@ -83,13 +83,13 @@ def test_chat_form_with_system_prompt_counts_against_the_context(make_config, op
 
 def nan_targets(monkeypatch, which):
     """Make optimise_targets return NaN deltas for the facts at the indices in ``which``."""
-    real = assistant.editing.editor.optimise_targets
+    real = assistant.editing.batch_solve.optimise_targets
 
     def poisoned(*args, **kwargs):
         targets = real(*args, **kwargs)
         targets.delta[list(which)] = float("nan")
         return targets
-    monkeypatch.setattr(assistant.editing.editor, "optimise_targets", poisoned)
+    monkeypatch.setattr(assistant.editing.batch_solve, "optimise_targets", poisoned)
 
 
 def test_nan_target_rejects_the_batch(editor, new_fact, inspect, monkeypatch):
@@ -103,16 +103,16 @@ def test_nan_target_rejects_the_batch(editor, new_fact, inspect, monkeypatch):
 
 def test_nan_target_while_superseding_keeps_the_old_edit(editor, new_fact, inspect, monkeypatch):
     nan_targets(monkeypatch, [0])
-    (old,) = [e.id for e in editor.ledger.edits("active")]
+    (old,) = [e.id for e in editor.edits("active")]
     before = inspect.snapshot(editor)
     with pytest.raises(InvalidFact, match="fact-0"):
         editor.apply([new_fact(0, target="Rome")])
     inspect.assert_unchanged(editor, before)          # includes the shadow, which held W0 meanwhile
-    assert editor.ledger.active_edit_for_fact("fact-0").id == old
+    assert editor.active_edit("fact-0").id == old
 
 
 def test_non_finite_weights_are_rejected(editor, new_fact, inspect, monkeypatch):
-    monkeypatch.setattr(assistant.editing.editor, "spread_residual",
+    monkeypatch.setattr(assistant.editing.batch_solve, "spread_residual",
                         lambda z, h, left: torch.full_like(z, float("inf")))
     before = inspect.snapshot(editor)
     with pytest.raises(EditRejected, match="non-finite"):
@@ -123,12 +123,12 @@ def test_non_finite_weights_are_rejected(editor, new_fact, inspect, monkeypatch)
 def test_failed_ledger_transaction_commits_nothing(editor, new_fact, inspect, monkeypatch):
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
-    monkeypatch.setattr(editor.ledger, "record_generation", broken)
+    monkeypatch.setattr(editor._ledger, "record_generation", broken)
     before = inspect.snapshot(editor)
     with pytest.raises(sqlite3.OperationalError):
         editor.apply([new_fact(1)])
     with pytest.raises(sqlite3.OperationalError):
-        editor.retract(editor.ledger.edits("active")[0].id)
+        editor.retract(editor.edits("active")[0].id)
     inspect.assert_unchanged(editor, before)
     monkeypatch.undo()
     assert len(editor.apply([new_fact(1)]).edit_ids) == 1        # and the engine still works afterwards

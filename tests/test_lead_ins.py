@@ -131,7 +131,7 @@ def _optimised_rows(editor, facts, rows):
     """Optimise the facts' targets on these training rows; check that each fact's reported
     probability is its worst row's in a plain forward pass with the delta at its sites.
     Returns (batch, edited block, targets, each row's probability)."""
-    model, tok, cfg = editor.shadow, editor.tokenizer, editor.config.editing
+    model, tok, cfg = editor.shadow, editor.tokenizer, editor.editing
     train = collate(rows, tok.pad_token_id, torch.device("cpu"))
     kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
     block = get_module(model, architecture_of(model).block_module.format(cfg.layers[-1]))
@@ -150,7 +150,7 @@ def test_targets_report_the_worst_rows_probability_with_lead_ins(open_engine, ne
     # The tiny model moves slowly: a low stop probability makes the optimisation stop part-way,
     # on a delta whose probability can be checked in a plain forward pass.
     editor = open_engine("sharp-llama", steps=100, stop_probability=1e-9)
-    tok, cfg = editor.tokenizer, editor.config.editing
+    tok, cfg = editor.tokenizer, editor.editing
     facts = [new_fact(i, question=f"Tell me what {s} does?", subject=s) for i, s in enumerate(["Marie Curie", "Paris"])]
     settings = PromptSettings(context_prefixes=("",))
     rows = [row for i, f in enumerate(facts) for row in

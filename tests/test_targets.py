@@ -30,7 +30,7 @@ def test_fact_groups_fill_the_budget_without_splitting_a_fact():
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
 def test_grouped_optimisation_equals_one_pass(open_engine, new_fact, model):
     editor = open_engine(model, steps=8, stop_probability=0.5)
-    shadow, tok, cfg = editor.shadow, editor.tokenizer, editor.config.editing
+    shadow, tok, cfg = editor.shadow, editor.tokenizer, editor.editing
     facts = [new_fact(i) for i in range(4)]
     settings = PromptSettings(context_prefixes=tuple(cfg.context_prefixes))
     train = collate([r for i, f in enumerate(facts) for r in fact_rows(i, f, tok, settings, True)],

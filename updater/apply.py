@@ -59,7 +59,7 @@ def settle_applying(editor, queue: EditQueue, who: str = "scheduler") -> dict[in
     """Settle items left in "applying" by a crash: applied if the ledger holds their edit, else failed."""
     settled = {}
     for item in queue.list(state="applying"):
-        active = editor.ledger.active_edit_for_fact(item.fact_id)
+        active = editor.active_edit(item.fact_id)
         if active is not None and active.fact.target_new == item.new_object:
             queue.mark_applied(item.id, active.id, who, f"settled after an interruption: edit {active.id} holds it")
             settled[item.id] = "applied"
@@ -107,7 +107,7 @@ def apply_batch(editor, queue: EditQueue, items: list[QueueItem], outcome: Apply
     new_ids, unchanged = iter(report.edit_ids), set(report.unchanged)
     for item, fact in ready:
         if fact.id in unchanged:
-            edit_id, why = editor.ledger.active_edit_for_fact(fact.id).id, "the model already holds this object"
+            edit_id, why = editor.active_edit(fact.id).id, "the model already holds this object"
         else:
             edit_id, why = next(new_ids), f"applied with {editor.method}"
         queue.mark_applied(item.id, edit_id, who, f"{why} (edit {edit_id})")
@@ -116,7 +116,7 @@ def apply_batch(editor, queue: EditQueue, items: list[QueueItem], outcome: Apply
 
 def _active_id(editor, fact: Fact) -> int | None:
     """The engine's active edit that holds this fact's object, if any."""
-    active = editor.ledger.active_edit_for_fact(fact.id)
+    active = editor.active_edit(fact.id)
     return active.id if active is not None and active.fact.target_new == fact.target_new else None
 
 
@@ -143,7 +143,7 @@ def apply_approved(editor, queue: EditQueue, limit: int | None = None, batch_siz
     items = queue.list(state="approved")
     items = items[:limit] if limit is not None else items
     done = 0
-    for batch in plan_batches(items, batch_size or editor.config.editing.batch_size):
+    for batch in plan_batches(items, batch_size or editor.editing.batch_size):
         if stop is not None and stop.is_set():
             outcome.stopped = True
             break

@@ -1,8 +1,14 @@
 """The editing engine: MEMIT, sequential MEMIT and D4S on a shadow of the served model.
 
 The shadow shares every parameter with the served model except the edited layers. All
-measuring and optimising happens on the shadow; a commit persists the new sums and then
-swaps the new edited-layer weights into the served model under a short lock.
+measuring and optimising happens on the shadow. A batch is first solved as a ``Candidate``
+(the shadow then holds its weights, so a guard can measure it); ``commit`` persists the new
+sums and swaps the new edited-layer weights into the served model under a short lock, and
+``discard`` puts the shadow back. ``apply`` is candidate plus commit for each batch.
+
+    with Editor.open(config) as editor:
+        report = editor.apply(facts)
+        editor.retract(report.edit_ids[0])
 """
 
 from __future__ import annotations
@@ -10,26 +16,26 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from assistant.model.architectures import architecture_of, get_module, layer_count, stored_weight, weight_matrix
-from assistant.editing.closed_form import memit_delta, realised_fraction, spread_residual
-from assistant.config import Config
+from assistant.config import METHODS, Config, EditingConfig
+from assistant.editing.batch_solve import BatchSolver
+from assistant.editing.covariance import load_or_compute
+from assistant.editing.prompts import PromptSettings, check_lengths
 from assistant.errors import ConfigError, EditRejected, InvalidFact, StateError
 from assistant.facts import Fact
-from assistant.editing.keys import average_by_fact, keys_and_hidden
+from assistant.model.architectures import architecture_of, get_module, layer_count, stored_weight, weight_matrix
+from assistant.model.loading import LoadedModel, load_model
+from assistant.model.weights_lock import WeightsLock
+from assistant.state.identity import check_identity, state_dir_for, state_identity
 from assistant.state.l1 import LayerNorms, layer_norms
-from assistant.editing.lead_ins import answer_lead_ins
-from assistant.state.ledger import Ledger, NewEdit
-from assistant.model.loading import LoadedModel
-from assistant.editing.prompts import PromptSettings, RowBatch, check_lengths, collate, fact_rows, kl_row
-from assistant.state.sums import EditSums, edited_weight, remove_other_generations, write_generation
-from assistant.editing.targets import TargetSettings, optimise_targets
+from assistant.state.ledger import EditRecord, Ledger, NewEdit, StateStatus
+from assistant.state.sums import EditSums, edited_weight, read_generation, remove_other_generations, strategy_for, \
+    write_generation
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +56,124 @@ class ApplyReport:
     probabilities: list[float] = field(default_factory=list)
 
 
+@dataclass
+class Candidate:
+    """A solved batch that is not committed yet. While it is pending the editor's shadow holds
+    ``weights``; the served model and the durable state are as they were."""
+    sums: EditSums                       # the state's sums with the batch in (and ended edits out)
+    weights: dict[int, torch.Tensor]     # every edited layer's W = W0 + offset(sums)
+    norms: list[LayerNorms]              # their L1 figures against W0
+    edits: list[NewEdit]                 # per fact: its (k, r) per layer, P(target), realised fraction
+    ended: dict[int, str]                # earlier edits it ends: id -> "superseded" | "retracted"
+    reason: str
+    generation: int                      # the committed generation it was solved on
+
+
+def check_retractable(record: EditRecord | None, edit_id: int, method: str) -> None:
+    """Raise, saying why, unless ``edit_id`` is an active edit that ``method`` can take out."""
+    if record is None:
+        raise StateError(f"there is no edit {edit_id}; `livedit status` lists the edits")
+    if record.status != "active":
+        raise StateError(f"edit {edit_id} is already {record.status}")
+    if not strategy_for(method).removable:
+        raise EditRejected(f"this state uses {method}; exact retraction needs d4s")
+
+
 class Editor:
     """Owns the served model's edited layers, their durable sums and the ledger."""
 
-    def __init__(self, loaded: LoadedModel, config: Config, ledger: Ledger, sums: EditSums,
-                 sums_dir: Path, covariances: dict[int, torch.Tensor]):
+    def __init__(self, loaded: LoadedModel, editing: EditingConfig, system_prompt: str, ledger: Ledger,
+                 sums: EditSums, sums_dir: Path, covariances: dict[int, torch.Tensor]):
         self.loaded, self.model, self.tokenizer = loaded, loaded.model, loaded.tokenizer
-        self.config, self.ledger, self.sums, self.sums_dir = config, ledger, sums, sums_dir
+        self.editing, self.system_prompt = editing, system_prompt
+        self._ledger, self.sums, self.sums_dir = ledger, sums, sums_dir
         self.C = covariances
         self.arch = architecture_of(self.model)
-        self.layers = config.editing.all_layers          # every layer some fact may edit
+        self.layers = editing.all_layers          # every layer some fact may edit
         self.names = {layer: self.arch.edited_module.format(layer) for layer in self.layers}
-        self.lock = threading.RLock()           # held by chat generation and by weight swaps
+        self.weights = WeightsLock()            # generations read the served weights; commits swap them
         self.W0 = {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
-        self.shadow = make_shadow(self.model, list(self.names.values()))
+        self.shadow = make_shadow(self.model, list(self.names.values()))   # holds a pending candidate
+        self.prompts = PromptSettings.from_editing(editing, system_prompt)
+        self._solver = BatchSolver(self)
+        self._pending: Candidate | None = None
+
+    @classmethod
+    def open(cls, config: Config, state_dir: Path | str | None = None, method: str | None = None,
+             loaded: LoadedModel | None = None, progress: bool = True) -> "Editor":
+        """The engine over ``state_dir``, with the served model rebuilt to W0 + committed sums."""
+        if method is not None and method not in METHODS:
+            raise ConfigError(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
+        loaded = loaded or load_model(config)
+        check_layers(config.editing, loaded.model)
+        folder = state_dir_for(config, state_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.in_state(folder)
+        try:
+            identity = check_identity(ledger, state_identity(config, loaded.fingerprint,
+                                                             method or config.editing.method),
+                                      folder, method is not None)
+            arch = architecture_of(loaded.model)
+            names = {layer: arch.edited_module.format(layer) for layer in config.editing.all_layers}
+            last_block = get_module(loaded.model, arch.block_module.format(config.editing.all_layers[-1]))
+            covariances = load_or_compute(loaded.model, loaded.tokenizer, names, last_block,
+                                          config.paths.home_dir(), config.paths.shared_data_dir(),
+                                          loaded.fingerprint, config.covariance, progress)
+            sums_dir = folder / "sums"
+            _, file = ledger.current_generation()
+            remove_other_generations(sums_dir, keep=file)
+            if file:
+                sums = read_generation(sums_dir, file, identity["method"])
+            else:
+                shapes = {layer: tuple(weight_matrix(get_module(loaded.model, name), arch.weight_transposed).shape)
+                          for layer, name in names.items()}
+                sums = EditSums.empty(identity["method"], shapes)
+            editor = cls(loaded, config.editing, config.chat.system_prompt, ledger, sums, sums_dir, covariances)
+            editor.rebuild()
+            return editor
+        except BaseException:
+            ledger.close()
+            raise
+
+    def close(self) -> None:
+        """Close the ledger; the served model stays as it is (W0 + the committed edits)."""
+        self._ledger.close()
+
+    def __enter__(self) -> "Editor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def method(self) -> str:
         return self.sums.method
+
+    # -- the ledger, read ------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """The committed generation (0: nothing edited yet)."""
+        return self._ledger.current_generation()[0]
+
+    def status(self) -> StateStatus:
+        return self._ledger.status(self.sums_dir.parent)
+
+    def edits(self, status: str | None = None) -> list[EditRecord]:
+        return self._ledger.edits(status)
+
+    def edit(self, edit_id: int) -> EditRecord | None:
+        return self._ledger.edit(edit_id)
+
+    def active_edit(self, fact_id: str) -> EditRecord | None:
+        """The fact's active edit, if any."""
+        return self._ledger.active_edit_for_fact(fact_id)
+
+    def vectors(self, edit_id: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys K (d_in, m) and residuals R (d_out, m) the edit added."""
+        return self._ledger.vectors(edit_id)
+
+    def l1_history(self) -> list[dict]:
+        return self._ledger.l1_history()
 
     # -- weights ---------------------------------------------------------------------------
     def _weight(self, model, layer: int) -> torch.Tensor:
@@ -78,23 +184,24 @@ class Editor:
         parameter = get_module(model, self.names[layer]).weight
         parameter.copy_(stored_weight(W, self.arch.weight_transposed).to(parameter.device))
 
-    def weights_from(self, sums: EditSums) -> dict[int, torch.Tensor]:
-        lam = self.config.editing.mom2_weight
-        weights = {layer: edited_weight(self.W0[layer], sums.offset(layer, self.C[layer], lam))
-                   for layer in self.layers}
-        for layer, W in weights.items():
-            if not torch.isfinite(W).all():
-                raise EditRejected(f"the edit made layer {layer}'s weights non-finite; nothing was applied")
-        return weights
+    def solve_weight(self, sums: EditSums, layer: int) -> torch.Tensor:
+        """W0 + the offset ``sums`` give ``layer``; refused if it is not finite."""
+        W = edited_weight(self.W0[layer], sums.offset(layer, self.C[layer], self.editing.mom2_weight))
+        if not torch.isfinite(W).all():
+            raise EditRejected(f"the edit made layer {layer}'s weights non-finite; nothing was applied")
+        return W
 
     def current_weights(self) -> dict[int, torch.Tensor]:
         return {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
+
+    def shadow_weights(self) -> dict[int, torch.Tensor]:
+        return {layer: self._weight(self.shadow, layer).detach().cpu().clone() for layer in self.layers}
 
     @contextmanager
     def unedited(self):
         """The served model with its original edited-layer weights while the block runs
         (holding the lock, so no chat sees the swap); the edited weights come back after."""
-        with self.lock:
+        with self.weights.swapping():
             edited = self.current_weights()
             for layer in self.layers:
                 self._set_weight(self.model, layer, self.W0[layer])
@@ -106,201 +213,162 @@ class Editor:
 
     def rebuild(self) -> None:
         """Set the shadow and the served model to W0 + the committed sums."""
-        weights = self.weights_from(self.sums)
-        with self.lock:
+        self.swap_in({layer: self.solve_weight(self.sums, layer) for layer in self.layers})
+
+    def swap_in(self, weights: dict[int, torch.Tensor]) -> None:
+        """Serve ``weights`` (layer -> W), on the shadow too, under the lock. The durable state is
+        untouched: ``rebuild`` returns to it. Benchmarks use it to try other solutions."""
+        with self.weights.swapping():
             for layer, W in weights.items():
                 self._set_weight(self.shadow, layer, W)
                 self._set_weight(self.model, layer, W)
-
-    # -- editing ---------------------------------------------------------------------------
-    def max_prompt_tokens(self) -> int:
-        limit = self.config.editing.max_prompt_tokens
-        return limit or int(getattr(self.model.config, "max_position_embeddings", 1024))
-
-    def check_lengths(self, facts: list[Fact]) -> None:
-        """Reject, naming the fact, any prompt form longer than the model's context."""
-        settings = PromptSettings.from_editing(self.config.editing, self.config.chat.system_prompt)
-        check_lengths(facts, self.tokenizer, settings, self.max_prompt_tokens())
-
-    def apply(self, facts: list[Fact], batch_size: int | None = None, progress=None) -> ApplyReport:
-        """Write facts into the weights in batches; each batch is one atomic commit."""
-        cfg = self.config.editing
-        repeated = sorted({f.id for f in facts if sum(g.id == f.id for g in facts) > 1})
-        if repeated:
-            raise InvalidFact(f"fact id(s) {', '.join(repeated)} appear more than once; give each fact once")
-        self.check_lengths(facts)
-        report = ApplyReport()
-        todo = []
-        for fact in facts:
-            active = self.ledger.active_edit_for_fact(fact.id)
-            if active and active.fact.target_new == fact.target_new:
-                report.unchanged.append(fact.id)
-            else:
-                todo.append(fact)
-        size = len(todo) if self.method == "memit" else (batch_size or cfg.batch_size)
-        for start in range(0, len(todo), max(size, 1)):
-            batch = todo[start:start + size]
-            ids, superseded, probabilities = self._apply_batch(batch)
-            report.edit_ids += ids
-            report.superseded += superseded
-            report.probabilities += probabilities
-            if progress:
-                progress(len(batch))
-        return report
-
-    def _apply_batch(self, facts: list[Fact]) -> tuple[list[int], list[int], list[float]]:
-        """Edit the batch and commit it once. Facts with a question edit [editing] chat_layers
-        and the others layers: one pass of _edit_batch per window, on the same sums."""
-        sums = self.sums.copy()
-        ended = {}
-        for fact in facts:
-            old = self.ledger.active_edit_for_fact(fact.id)
-            if old:
-                ended[old.id] = "superseded"
-                if self.method == "d4s":
-                    self._subtract(sums, old.id)
-        try:
-            if ended and self.method == "d4s":
-                for layer, W in self.weights_from(sums).items():
-                    self._set_weight(self.shadow, layer, W)
-            by_window: dict[tuple[int, ...], list[Fact]] = {}
-            for fact in facts:
-                by_window.setdefault(tuple(self.config.editing.window(bool(fact.question))), []).append(fact)
-            new_edits = {}
-            for window, chosen in by_window.items():
-                new_edits.update(zip((f.id for f in chosen), self._edit_batch(chosen, sums, list(window))))
-            new_edits = [new_edits[f.id] for f in facts]
-            ids = self._commit(sums, new_edits, ended, f"edit {len(facts)} fact(s) with {self.method}")
-        except BaseException:
-            self._restore_shadow()
-            raise
-        return ids, list(ended), [e.target_probability for e in new_edits]
-
-    def _subtract(self, sums: EditSums, edit_id: int) -> None:
-        for layer, (K, R) in self.ledger.vectors(edit_id).items():
-            sums.add(layer, K, R, sign=-1.0)
 
     def _restore_shadow(self) -> None:
         for layer in self.layers:
             self._set_weight(self.shadow, layer, self._weight(self.model, layer).detach())
 
-    def _edit_batch(self, facts: list[Fact], sums: EditSums, layers: list[int]) -> list[NewEdit]:
-        """Measure keys and targets on the shadow, solve ``layers`` one by one (MEMIT's spread),
-        then, for ``refine_rounds``, re-check every fact on the edited shadow and raise the
-        residuals of those still below the stop probability."""
-        cfg, tok = self.config.editing, self.tokenizer
-        system, device = self.config.chat.system_prompt, next(self.model.parameters()).device
-        n = len(facts)
-        lead_ins = (answer_lead_ins(self.shadow, tok, facts, system, cfg.lead_in_tokens)
-                    if cfg.lead_in_tokens else [[] for _ in facts])
-        settings = PromptSettings.from_editing(cfg, system)
-        rows = lambda i, fact, with_targets: fact_rows(i, fact, tok, settings, with_targets, lead_ins[i])  # noqa: E731
-        train, key_rows, kl_rows = [], [], []
-        for i, fact in enumerate(facts):
-            train += rows(i, fact, True)
-            key_rows += rows(i, fact, False)
-            kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
-        if cfg.lead_in_tokens:
-            log.info("%d lead-in(s) for %d of %d fact(s)", sum(map(len, lead_ins)), sum(map(bool, lead_ins)), n)
-        pad = tok.pad_token_id
-        key_batch, train_batch, kl_batch = (collate(part, pad, device) for part in (key_rows, train, kl_rows))
-        last_block = get_module(self.shadow, self.arch.block_module.format(layers[-1]))
-        edited = lambda layer: get_module(self.shadow, self.names[layer])  # noqa: E731
+    # -- editing ---------------------------------------------------------------------------
+    def max_prompt_tokens(self) -> int:
+        limit = self.editing.max_prompt_tokens
+        return limit or int(getattr(self.model.config, "max_position_embeddings", 1024))
 
-        measure = lambda layer: keys_and_hidden(self.shadow, key_batch, n, edited(layer), last_block,  # noqa: E731
-                                                cfg.key_mode == "per_form")
-        first = measure(layers[0])
-        K, H, owner = first
-        h_norm = average_by_fact(H.norm(dim=0)[:, None], owner, n)[:, 0].float()
-        targets = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
-        fraction = realised_fraction(K, self.C[layers[0]], cfg.mom2_weight, sums.T(layers[0]))
-        fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
-        keys, residuals = self._solve_layers(layers, targets.delta, first, sums, measure)
-        probability = targets.probability
-        for _ in range(cfg.refine_rounds):
-            more = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
-            probability = more.probability
-            behind = more.delta.norm(dim=1).cpu() > 0      # facts that passed at once keep a zero delta
-            if not behind.any():
-                break
-            log.info("refining %d of %d fact(s) below P = %.2f", int(behind.sum()), n, cfg.stop_probability)
-            _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, measure, keys, behind)
-            for layer in layers:
-                residuals[layer] = residuals[layer] + extra[layer]
-        vectors = [{layer: (keys[layer][:, owner == i].clone(), residuals[layer][:, owner == i].clone())
-                    for layer in layers} for i in range(n)]
-        return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
+    def check_lengths(self, facts: list[Fact]) -> None:
+        """Reject, naming the fact, any prompt form longer than the model's context."""
+        check_lengths(facts, self.tokenizer, self.prompts, self.max_prompt_tokens())
 
-    def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor):
-        settings = TargetSettings.from_editing(self.config.editing)
-        targets = optimise_targets(self.shadow, train, kl, last_block, h_norm, settings, self.tokenizer.pad_token_id)
-        bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
-        if bad:
-            raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")
-        return targets
+    def _check_batch(self, facts: list[Fact]) -> None:
+        repeated = sorted({f.id for f in facts if sum(g.id == f.id for g in facts) > 1})
+        if repeated:
+            raise InvalidFact(f"fact id(s) {', '.join(repeated)} appear more than once; give each fact once")
+        self.check_lengths(facts)
 
-    def _solve_layers(self, layers: list[int], delta: torch.Tensor, first: tuple, sums: EditSums, measure,
-                      known_keys: dict[int, torch.Tensor] | None = None, only: torch.Tensor | None = None):
-        """Move the last edited block's output at each key toward Z = H + delta, spreading
-        the residual over the layers and re-measuring after each; update ``sums`` and the
-        shadow. Layer j takes (z - h_j) / (L - j), so the last layer inherits whatever the
-        earlier ones did not realise. A new batch adds its (k, r) columns; a refinement
-        (``known_keys``) only raises the residuals of the facts in ``only`` at the keys
-        already in the sums. Returns each layer's keys and residuals (d, m)."""
-        lam = self.config.editing.mom2_weight
-        K, H, owner = first
-        Z = H + delta[owner].T.double().cpu()                           # (d, m)
-        keys, residuals = {}, {}
-        for j, layer in enumerate(layers):
-            if j:
-                K, H, owner = measure(layer)
-            R = spread_residual(Z, H, len(layers) - j)              # (d, m)
-            if known_keys is not None:
-                K, R = known_keys[layer], R * only[owner].to(R.dtype)
-            if self.method != "d4s":
-                sums.stack(layer, memit_delta(K, R, self.C[layer], lam))
-            elif known_keys is None:
-                sums.add(layer, K, R)
+    def _superseded_by(self, facts: list[Fact]) -> dict[int, str]:
+        """The active edits of these facts, which writing them ends; refused where the method
+        cannot take an edit out (its Delta would stay in the weights)."""
+        ended = {}
+        for fact in facts:
+            old = self.active_edit(fact.id)
+            if old is None:
+                continue
+            if not self.sums.strategy.removable:
+                raise EditRejected(
+                    f"fact {fact.id} already has edit {old.id} ({old.fact.target_new!r}); this state uses "
+                    f"{self.method}, which cannot take that edit out of the weights, so superseding it would keep "
+                    "both. Correct facts in a d4s state, or edit into a new state (--state-dir)")
+            ended[old.id] = "superseded"
+        return ended
+
+    def apply(self, facts: list[Fact], batch_size: int | None = None, progress=None) -> ApplyReport:
+        """Write facts into the weights in batches; each batch is one atomic commit."""
+        self._check_batch(facts)
+        report = ApplyReport()
+        todo = []
+        for fact in facts:
+            active = self.active_edit(fact.id)
+            if active and active.fact.target_new == fact.target_new:
+                report.unchanged.append(fact.id)
             else:
-                sums.raise_residuals(layer, K, R)
-            W = edited_weight(self.W0[layer], sums.offset(layer, self.C[layer], lam))
-            if not torch.isfinite(W).all():
-                raise EditRejected(f"the edit made layer {layer} non-finite; nothing was applied")
-            self._set_weight(self.shadow, layer, W)
-            keys[layer], residuals[layer] = K, R
-        return keys, residuals
+                todo.append(fact)
+        self._superseded_by(todo)                      # refuse before the first batch commits
+        size = len(todo) if self.sums.strategy.one_batch else (batch_size or self.editing.batch_size)
+        for start in range(0, len(todo), max(size, 1)):
+            batch = todo[start:start + size]
+            candidate = self.solve_candidate(batch)
+            report.edit_ids += self.commit(candidate)
+            report.superseded += list(candidate.ended)
+            report.probabilities += [e.target_probability for e in candidate.edits]
+            if progress:
+                progress(len(batch))
+        return report
+
+    def solve_candidate(self, facts: list[Fact]) -> Candidate:
+        """Solve one batch on the shadow without committing: keys, targets and each layer's
+        weights. Facts with a question edit [editing] chat_layers and the others layers (one
+        pass per window, on the same sums); an active edit of the same fact is superseded.
+        The shadow keeps the candidate's weights until ``commit`` or ``discard``."""
+        if self._pending is not None:
+            raise StateError("a candidate is pending; commit or discard it first")
+        self._check_batch(facts)
+        ended = self._superseded_by(facts)
+        sums, weights = self.sums.copy(), self.current_weights()
+        try:
+            self._take_out(sums, weights, ended)
+            by_window: dict[tuple[int, ...], list[Fact]] = {}
+            for fact in facts:
+                by_window.setdefault(tuple(self.editing.window(bool(fact.question))), []).append(fact)
+            new_edits = {}
+            for window, chosen in by_window.items():
+                edits = self._solver.edit_batch(chosen, sums, list(window), weights)
+                new_edits.update(zip((f.id for f in chosen), edits))
+        except BaseException:
+            self._restore_shadow()
+            raise
+        return self._pending_candidate(sums, weights, [new_edits[f.id] for f in facts], ended,
+                                       f"edit {len(facts)} fact(s) with {self.method}")
+
+    def _take_out(self, sums: EditSums, weights: dict[int, torch.Tensor], ended: dict[int, str]) -> None:
+        """Subtract the ended edits' terms from ``sums`` and solve the layers they touched."""
+        touched = set()
+        for edit_id in ended:
+            for layer, (K, R) in self.vectors(edit_id).items():
+                self.sums.strategy.remove(sums, layer, K, R)
+                touched.add(layer)
+        for layer in sorted(touched):
+            weights[layer] = self.solve_weight(sums, layer)
+            self._set_weight(self.shadow, layer, weights[layer])
+
+    def _pending_candidate(self, sums, weights, new_edits, ended, reason) -> Candidate:
+        norms = [layer_norms(layer, weights[layer], self.W0[layer]) for layer in self.layers]
+        self._pending = Candidate(sums, weights, norms, new_edits, ended, reason, self.generation)
+        return self._pending
+
+    def _check_pending(self, candidate: Candidate) -> None:
+        if candidate is not self._pending:
+            raise StateError("this candidate is not the pending one (committed, discarded, or from another editor)")
+
+    def discard(self, candidate: Candidate) -> None:
+        """Drop a pending candidate: the shadow gets the served weights back."""
+        self._check_pending(candidate)
+        self._pending = None
+        self._restore_shadow()
+
+    def commit(self, candidate: Candidate) -> list[int]:
+        """Persist a pending candidate as the next generation and serve its weights; returns the
+        new edit ids. On any failure nothing is committed and the shadow is restored."""
+        self._check_pending(candidate)
+        self._pending = None
+        try:
+            if candidate.generation != self.generation:
+                raise StateError("the state moved on since this candidate was solved; solve it again")
+            generation = candidate.generation + 1
+            name = write_generation(self.sums_dir, generation, candidate.sums)
+            try:
+                ids = self._ledger.record_generation(generation, name, candidate.reason, candidate.edits,
+                                                     self.method, candidate.ended, candidate.norms)
+            except BaseException:
+                (self.sums_dir / name).unlink(missing_ok=True)
+                raise
+        except BaseException:
+            self._restore_shadow()
+            raise
+        self.sums = candidate.sums
+        remove_other_generations(self.sums_dir, keep=name)
+        self.swap_in(candidate.weights)
+        log.info("%s: generation %d committed", candidate.reason, generation)
+        return ids
 
     def retract(self, edit_id: int) -> None:
         """Remove one edit exactly (D4S): subtract its terms from the sums and solve again."""
-        record = self.ledger.edit(edit_id)
-        if record is None:
-            raise StateError(f"there is no edit {edit_id}; `livedit status` lists the edits")
-        if record.status != "active":
-            raise StateError(f"edit {edit_id} is already {record.status}")
-        if self.method != "d4s":
-            raise EditRejected(f"this state uses {self.method}; exact retraction needs d4s")
-        sums = self.sums.copy()
-        self._subtract(sums, edit_id)
-        self._commit(sums, [], {edit_id: "retracted"}, f"retract edit {edit_id}")
-
-    def _commit(self, sums: EditSums, new_edits: list[NewEdit], ended: dict[int, str], reason: str) -> list[int]:
-        weights = self.weights_from(sums)
-        norms = [layer_norms(layer, weights[layer], self.W0[layer]) for layer in self.layers]
-        generation = self.ledger.current_generation()[0] + 1
-        name = write_generation(self.sums_dir, generation, sums)
+        check_retractable(self.edit(edit_id), edit_id, self.method)
+        if self._pending is not None:
+            raise StateError("a candidate is pending; commit or discard it first")
+        sums, weights, ended = self.sums.copy(), self.current_weights(), {edit_id: "retracted"}
         try:
-            ids = self.ledger.record_generation(generation, name, reason, new_edits, self.method, ended, norms)
+            self._take_out(sums, weights, ended)
         except BaseException:
-            (self.sums_dir / name).unlink(missing_ok=True)
+            self._restore_shadow()
             raise
-        self.sums = sums
-        remove_other_generations(self.sums_dir, keep=name)
-        with self.lock:
-            for layer, W in weights.items():
-                self._set_weight(self.shadow, layer, W)
-                self._set_weight(self.model, layer, W)
-        log.info("%s: generation %d committed", reason, generation)
-        return ids
+        self.commit(self._pending_candidate(sums, weights, [], ended, f"retract edit {edit_id}"))
 
     # -- reports ---------------------------------------------------------------------------
     def norms(self) -> list[LayerNorms]:
@@ -312,16 +380,16 @@ class Editor:
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise StateError(f"{out} exists and is not empty; choose a new folder")
-        with self.lock:
+        with self.weights.reading():
             self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         return out
 
 
-def check_layers(config: Config, model) -> None:
+def check_layers(editing: EditingConfig, model) -> None:
     count = layer_count(model)
     for key in ("layers", "chat_layers"):
-        layers = getattr(config.editing, key)
+        layers = getattr(editing, key)
         if layers and max(layers) >= count:
             raise ConfigError(f"[editing] {key} {layers}: this model has layers 0 to {count - 1}")
         if layers and max(layers) == count - 1:

@@ -139,7 +139,7 @@ def _checkpoint(editor, facts, probes, tasks, plan, done: int, results: dict) ->
     started = time.perf_counter()
     scored = slice(0, done or len(facts))               # the unedited model: every fact of the run
     point = {"edits": done, **edit_measures(model, tok, facts[scored], None if probes is facts else probes[scored],
-                                            plan.chat, editor.config.chat.system_prompt),
+                                            plan.chat, editor.system_prompt),
              **general_measures(model, tok, tasks, plan.fluency_tokens),
              "seconds_per_edit": results["edit_seconds"] / done if done else None,
              "l1_growth": {str(n.layer): n.growth for n in editor.norms()},
@@ -151,7 +151,7 @@ def _checkpoint(editor, facts, probes, tasks, plan, done: int, results: dict) ->
 def run_bench(config: Config, plan: BenchPlan, out_dir: Path, state_dir: Path | None = None,
               report=print) -> dict:
     """Run (or continue) one plan; returns the results also written to out_dir/<name>.json."""
-    from assistant.editing.engine import open_editor
+    from assistant.editing.editor import Editor
 
     out_dir = Path(out_dir)
     results_path = out_dir / f"{plan.name}.json"
@@ -159,8 +159,8 @@ def run_bench(config: Config, plan: BenchPlan, out_dir: Path, state_dir: Path | 
     results = json.loads(results_path.read_text()) if results_path.exists() else None
     if results and results["plan"] != plan.to_json():
         raise ConfigError(f"{results_path} holds a different plan; choose another --out or remove that file")
-    editor = open_editor(config, state_dir=state_dir, method=plan.method, progress=True)
-    done = len(editor.ledger.edits())
+    editor = Editor.open(config, state_dir=state_dir, method=plan.method, progress=True)
+    done = len(editor.edits())
     if done and results is None:
         raise StateError(f"{state_dir} already holds {done} edits but {results_path} does not exist; "
                          "remove the state directory or point --out at the run's results")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from typing import Iterator
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterator
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from assistant.errors import GenerationStalled
 
 FALLBACK_TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -50,17 +55,6 @@ def _generation_settings(tokenizer, max_new_tokens: int) -> dict:
             "eos_token_id": tokenizer.eos_token_id}
 
 
-@torch.no_grad()
-def answer(model, tokenizer, question: str, max_new_tokens: int = 48, system_prompt: str = "",
-           lock: threading.RLock | None = None) -> str:
-    """The greedy answer to one question, without the prompt."""
-    inputs = _generation_inputs(model, tokenizer, question, system_prompt)
-    with lock or threading.RLock():
-        output = model.generate(**inputs, **_generation_settings(tokenizer, max_new_tokens))
-    new_tokens = output[0, inputs["input_ids"].shape[1]:]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-
-
 def answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48, system_prompt: str = "",
             batch_size: int = 16) -> list[str]:
     """Greedy answers to many questions, in left-padded batches."""
@@ -95,23 +89,75 @@ def greedy_token_continuations(model, tokenizer, encoded: list[list[int]], max_n
     return results
 
 
-def stream_answer(model, tokenizer, question: str, max_new_tokens: int = 48, system_prompt: str = "",
-                  lock: threading.RLock | None = None) -> Iterator[str]:
-    """Yield the answer as it grows, token by token (for the chat UI)."""
-    from transformers import TextIteratorStreamer
+class _Pieces(TextStreamer):
+    """The decoded text of each new token, handed from the generating thread to the reader."""
 
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.queue: queue.Queue = queue.Queue()
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.queue.put(text)
+
+
+class _Cancelled(StoppingCriteria):
+    """Ends generation at the next token once ``event`` is set (a stalled or abandoned reader)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+_STARTED, _ENDED = object(), object()
+
+
+def stream_answer(model, tokenizer, question: str, max_new_tokens: int = 48, system_prompt: str = "",
+                  reading: Callable[[], ContextManager] | None = None, stall_seconds: float = 60.0) -> Iterator[str]:
+    """Yield the answer as it grows, token by token (for the chat UI).
+
+    The generation runs in a thread inside ``reading()`` (the served weights' read side), so
+    the whole answer comes from one set of weights. An error there is raised here; a token
+    that takes longer than ``stall_seconds`` (waiting for the weights does not count) raises
+    GenerationStalled; either way, and when the reader stops early, the generation stops."""
     inputs = _generation_inputs(model, tokenizer, question, system_prompt)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    guard = lock or threading.RLock()
+    pieces, cancel = _Pieces(tokenizer), threading.Event()
 
     def run():
-        with guard, torch.no_grad():
-            model.generate(**inputs, **_generation_settings(tokenizer, max_new_tokens), streamer=streamer)
+        try:
+            with reading() if reading else nullcontext(), torch.no_grad():
+                pieces.queue.put(_STARTED)
+                model.generate(**inputs, **_generation_settings(tokenizer, max_new_tokens), streamer=pieces,
+                               stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
+        except BaseException as error:        # handed to the reader, which raises it
+            pieces.queue.put(error)
+        else:
+            pieces.queue.put(_ENDED)
 
-    worker = threading.Thread(target=run, daemon=True)
+    worker = threading.Thread(target=run, name="livedit-generate", daemon=True)
     worker.start()
-    text = ""
-    for piece in streamer:
-        text += piece
-        yield text
-    worker.join()
+    try:
+        yield from _read_pieces(pieces.queue, stall_seconds)
+    finally:
+        cancel.set()
+
+
+def _read_pieces(pieces: queue.Queue, stall_seconds: float) -> Iterator[str]:
+    text, started = "", False
+    while True:
+        try:
+            item = pieces.get(timeout=stall_seconds if started else None)
+        except queue.Empty:
+            raise GenerationStalled(f"no new token for {stall_seconds:g} s; the answer was stopped. "
+                                    "Try again, or raise [chat] stall_seconds if the machine is busy") from None
+        if item is _STARTED:
+            started = True
+        elif item is _ENDED:
+            return
+        elif isinstance(item, BaseException):
+            raise item
+        else:
+            text += item
+            yield text

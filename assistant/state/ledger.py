@@ -68,6 +68,20 @@ class EditRecord:
     ended_reason: str | None
 
 
+@dataclass(frozen=True)
+class StateStatus:
+    """What the ledger says about a state: no model or statistics needed."""
+    folder: Path
+    method: str | None                 # None on a state that was never opened
+    generation: int
+    edits: list[EditRecord]
+    norms: list[LayerNorms]            # the L1 figures recorded with the current generation
+
+    @property
+    def active(self) -> list[EditRecord]:
+        return [e for e in self.edits if e.status == "active"]
+
+
 @dataclass
 class NewEdit:
     """An edit ready to be recorded: its fact and the (k, r) it added per layer."""
@@ -91,14 +105,31 @@ def _matrix(blob: bytes, columns: int) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(blob, dtype=np.float64).copy()).view(columns, -1).T
 
 
+LEDGER_FILE = "ledger.sqlite"
+
+
 class Ledger:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.conn = connect(self.path)
         migrate(self.conn, LEDGER_MIGRATIONS)
 
+    @classmethod
+    def in_state(cls, folder: Path) -> "Ledger":
+        return cls(Path(folder) / LEDGER_FILE)
+
     def close(self) -> None:
         self.conn.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def status(self, folder: Path) -> StateStatus:
+        generation = self.current_generation()[0]
+        return StateStatus(Path(folder), self.meta().get("method"), generation, self.edits(), self.norms_at(generation))
 
     # -- meta ------------------------------------------------------------------------------
     def meta(self) -> dict:
@@ -168,6 +199,21 @@ class Ledger:
         rows = self.conn.execute("SELECT layer, k, r, columns FROM edit_vectors WHERE edit_id = ?", (edit_id,))
         return {row["layer"]: (_matrix(row["k"], row["columns"]), _matrix(row["r"], row["columns"])) for row in rows}
 
+    def norms_at(self, generation: int) -> list[LayerNorms]:
+        rows = self.conn.execute("SELECT layer, mean_abs, growth, mean_abs_delta FROM l1_history "
+                                 "WHERE generation = ? ORDER BY layer", (generation,))
+        return [LayerNorms(row["layer"], row["mean_abs"], row["growth"], row["mean_abs_delta"]) for row in rows]
+
     def l1_history(self) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM l1_history ORDER BY generation, layer")
         return [dict(row) for row in rows]
+
+
+def read_status(folder: Path) -> StateStatus:
+    """The state's status from its ledger alone; a folder without a ledger is an empty state
+    (and is left as it is)."""
+    folder = Path(folder)
+    if not (folder / LEDGER_FILE).exists():
+        return StateStatus(folder, None, 0, [], [])
+    with Ledger.in_state(folder) as ledger:
+        return ledger.status(folder)

@@ -153,8 +153,7 @@ def _patch_at(editor, generation: int, since: int, file: str | None, layers: lis
         sums = read_generation(editor.sums_dir, file, editor.method)
     except FileNotFoundError:
         return None                     # a commit replaced the file after we read the ledger
-    weights = editor.weights_from(sums)
-    return _patch(editor, generation, since, {layer: weights[layer] for layer in layers})
+    return _patch(editor, generation, since, {layer: editor.solve_weight(sums, layer) for layer in layers})
 
 
 def _patch(editor, generation: int, since: int, weights: dict[int, torch.Tensor]) -> WeightPatch:

@@ -16,28 +16,89 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from assistant.editing.closed_form import d4s_delta, outer_sums
+from assistant.editing.closed_form import d4s_delta, memit_delta, outer_sums
+from assistant.errors import ConfigError, EditRejected
 
 _GENERATION_FILE = re.compile(r"gen-(\d{6})\.safetensors$")
 
 
+class D4S:
+    """Running sums S_l = sum r k^T and T_l = sum k k^T; the offset is solved from them, so an
+    edit's terms can be subtracted again (exact retraction and supersede)."""
+    name = "d4s"
+    one_batch = False          # batches of [editing] batch_size
+    removable = True           # retract and supersede take an edit's terms out again
+
+    def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
+        return {f"S.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
+                f"T.{layer}": torch.zeros(d_in, d_in, dtype=torch.float64)}
+
+    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, C, lam: float) -> None:
+        sums.add(layer, K, R)
+
+    def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, C, lam: float) -> None:
+        sums.raise_residuals(layer, K, E)
+
+    def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
+        sums.add(layer, K, R, sign=-1.0)
+
+    def offset(self, sums: "EditSums", layer: int, C: torch.Tensor, lam: float) -> torch.Tensor:
+        S = sums.tensors[f"S.{layer}"]
+        return torch.zeros_like(S) if not S.any() else d4s_delta(S, sums.tensors[f"T.{layer}"], C, lam)
+
+
+class StackedMemit:
+    """MEMIT's Delta_l per batch, solved at once and stacked; a batch's Delta mixes its facts
+    and later keys were measured on it, so no edit can be taken out again."""
+    removable = False
+
+    def __init__(self, name: str, one_batch: bool):
+        self.name, self.one_batch = name, one_batch     # memit: every fact of a call in one batch
+
+    def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
+        return {f"delta.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64)}
+
+    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, C, lam: float) -> None:
+        sums.stack(layer, memit_delta(K, R, C, lam))
+
+    def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, C, lam: float) -> None:
+        sums.stack(layer, memit_delta(K, E, C, lam))
+
+    def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
+        raise EditRejected(f"{self.name} cannot take an edit out of the weights; exact retraction needs d4s")
+
+    def offset(self, sums: "EditSums", layer: int, C: torch.Tensor, lam: float) -> torch.Tensor:
+        return sums.tensors[f"delta.{layer}"]
+
+
+STRATEGIES = {s.name: s for s in (D4S(), StackedMemit("memit-seq", one_batch=False), StackedMemit("memit", one_batch=True))}
+
+
+def strategy_for(method: str):
+    """The strategy object of an editing method (assistant.config.METHODS)."""
+    if method not in STRATEGIES:
+        raise ConfigError(f"method {method!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[method]
+
+
 class EditSums:
-    """D4S: S_l = sum r k^T and T_l = sum k k^T. memit methods: the stacked Delta_l.
-    All float64 on the CPU."""
+    """The durable tensors of one state, laid out by its method's strategy (D4S: S and T per
+    layer; the memit methods: the stacked Delta per layer). All float64 on the CPU."""
 
     def __init__(self, method: str, tensors: dict[str, torch.Tensor] | None = None):
-        self.method = method
+        self.strategy = strategy_for(method)
         self.tensors = tensors or {}
+
+    @property
+    def method(self) -> str:
+        return self.strategy.name
 
     @classmethod
     def empty(cls, method: str, shapes: dict[int, tuple[int, int]]) -> "EditSums":
+        strategy = strategy_for(method)
         tensors = {}
         for layer, (d_out, d_in) in shapes.items():
-            if method == "d4s":
-                tensors[f"S.{layer}"] = torch.zeros(d_out, d_in, dtype=torch.float64)
-                tensors[f"T.{layer}"] = torch.zeros(d_in, d_in, dtype=torch.float64)
-            else:
-                tensors[f"delta.{layer}"] = torch.zeros(d_out, d_in, dtype=torch.float64)
+            tensors.update(strategy.layout(layer, d_out, d_in))
         return cls(method, tensors)
 
     def copy(self) -> "EditSums":
@@ -58,14 +119,12 @@ class EditSums:
         self.tensors[f"delta.{layer}"] += delta
 
     def T(self, layer: int) -> torch.Tensor | None:
+        """D4S's sum of the keys' outer products so far (None for the memit methods)."""
         return self.tensors.get(f"T.{layer}")
 
     def offset(self, layer: int, C: torch.Tensor, lam: float) -> torch.Tensor:
         """W_l - W0_l in float64."""
-        if self.method == "d4s":
-            S = self.tensors[f"S.{layer}"]
-            return torch.zeros_like(S) if not S.any() else d4s_delta(S, self.tensors[f"T.{layer}"], C, lam)
-        return self.tensors[f"delta.{layer}"]
+        return self.strategy.offset(self, layer, C, lam)
 
 
 def edited_weight(W0: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:

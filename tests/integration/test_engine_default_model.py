@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from assistant.evaluation.datasets import edit_records
-from assistant.editing.engine import open_editor
+from assistant.editing.editor import Editor
 from assistant.facts import fact_from_record, make_fact
 from assistant.evaluation.metrics import answer_contains, completion_nll
 
@@ -27,7 +27,7 @@ def edited(real_config, real_shared_data, load_real_model, tmp_path_factory):
     records = edit_records(real_shared_data, "counterfact")[1:11]
     facts = [fact_from_record(record) for record in records]
     state = tmp_path_factory.mktemp("d4s-state")
-    editor = open_editor(real_config, state_dir=state, method="d4s", loaded=load_real_model(), progress=False)
+    editor = Editor.open(real_config, state_dir=state, method="d4s", loaded=load_real_model(), progress=False)
     report = editor.apply(facts + [ASKED], batch_size=11)
     return editor, facts, report, state
 

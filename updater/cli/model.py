@@ -10,9 +10,9 @@ from updater.cli.context import default_user, progress_bar
 
 
 def _open_editor(args):
-    from assistant.editing.engine import open_editor
+    from assistant.editing.editor import Editor
 
-    return args.config, open_editor(args.config, state_dir=args.state_dir, progress=not args.quiet)
+    return args.config, Editor.open(args.config, state_dir=args.state_dir, progress=not args.quiet)
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -29,7 +29,7 @@ def cmd_detect(args) -> None:
             report = run_detection(editor, config, force=args.all, limit=args.limit, batch_size=args.batch_size,
                                    progress=progress)
     finally:
-        editor.ledger.close()
+        editor.close()
     for check in report.outdated:
         print(f"outdated {check.fact_id} v{check.fact_version}: {check.probe!r} -> {check.object!r}; the model said "
               f"{_short(check.answer)!r} (item {check.queue_item if check.queue_item is not None else '-'})")
@@ -49,7 +49,7 @@ def cmd_apply(args) -> None:
                                 progress=progress)
         norms = editor.norms()
     finally:
-        editor.ledger.close()
+        editor.close()
     for item_id, state in outcome.settled.items():
         print(f"item {item_id} was left applying by an interruption; now {state}")
     for item_id, edit_id in outcome.applied.items():

@@ -16,7 +16,7 @@ import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, ContextManager
 
 from assistant.config import Config
 from assistant.state.migrations import now
@@ -96,19 +96,20 @@ class Detector:
     """Probes the served model about curated facts; see the module's docstring."""
 
     def __init__(self, model, tokenizer, store: KnowledgeStore, queue: EditQueue, checks: CheckLog,
-                 settings: DetectorSettings = DetectorSettings(), lock: threading.RLock | None = None,
+                 settings: DetectorSettings = DetectorSettings(),
+                 reading: Callable[[], ContextManager] | None = None,
                  model_state: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.store, self.queue, self.checks = store, queue, checks
-        self.settings, self.lock, self.model_state = settings, lock, model_state
+        self.settings, self.reading, self.model_state = settings, reading, model_state
 
     @classmethod
-    def for_editor(cls, editor, store: KnowledgeStore, queue: EditQueue, checks: CheckLog,
+    def for_editor(cls, editor, config: Config, store: KnowledgeStore, queue: EditQueue, checks: CheckLog,
                    batch_size: int | None = None) -> "Detector":
-        """A detector on the engine's served model, holding its lock while it asks."""
-        generation = editor.ledger.current_generation()[0]
+        """A detector on the engine's served model, holding its weights still while it asks."""
+        generation = editor.generation
         return cls(editor.model, editor.tokenizer, store, queue, checks,
-                   DetectorSettings.from_config(editor.config, batch_size), editor.lock,
+                   DetectorSettings.from_config(config, batch_size), editor.weights.reading,
                    f"{editor.loaded.fingerprint[:12]}@{generation}")
 
     def due(self, force: bool = False, at: datetime | None = None) -> list[CuratedFact]:
@@ -118,7 +119,7 @@ class Detector:
 
     def check(self, facts: list[CuratedFact]) -> list[Check]:
         """Ask the model about the facts and give each a verdict; nothing is stored or queued."""
-        with self.lock or nullcontext():
+        with self.reading() if self.reading else nullcontext():
             probes = probe_facts(self.model, self.tokenizer, facts, self.settings.probe)
         return [self._verdict(fact, probe) for fact, probe in zip(facts, probes)]
 
@@ -178,5 +179,5 @@ def run_detection(editor, config: Config, force: bool = False, limit: int | None
                   stop: threading.Event | None = None) -> DetectReport:
     """One detector run on the engine's served model, with the store, queue and check log of ``config``."""
     with KnowledgeStore.open(config) as store, EditQueue.open(config) as queue, CheckLog.open(config) as checks:
-        detector = Detector.for_editor(editor, store, queue, checks, batch_size)
+        detector = Detector.for_editor(editor, config, store, queue, checks, batch_size)
         return detector.run(force=force, limit=limit, progress=progress, stop=stop)

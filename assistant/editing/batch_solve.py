@@ -1,0 +1,115 @@
+"""Solving one batch of facts on the editor's shadow: keys, targets, and MEMIT's spread of the
+residual over a window of layers, with optional refinement rounds. Nothing here commits."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from assistant.editing.closed_form import realised_fraction, spread_residual
+from assistant.editing.keys import average_by_fact, keys_and_hidden
+from assistant.editing.lead_ins import answer_lead_ins
+from assistant.editing.prompts import RowBatch, collate, fact_rows, kl_row
+from assistant.editing.targets import TargetSettings, optimise_targets
+from assistant.errors import InvalidFact
+from assistant.facts import Fact
+from assistant.model.architectures import get_module
+from assistant.state.ledger import NewEdit
+from assistant.state.sums import EditSums
+
+log = logging.getLogger(__name__)
+
+
+class BatchSolver:
+    """The measuring and solving half of an Editor: it reads the editor's shadow, covariances
+    and settings, adds a batch to a copy of the sums, and sets the shadow's solved layers."""
+
+    def __init__(self, editor):
+        self.editor = editor
+        self.targets = TargetSettings.from_editing(editor.editing)
+
+    def edit_batch(self, facts: list[Fact], sums: EditSums, layers: list[int],
+                   weights: dict[int, torch.Tensor]) -> list[NewEdit]:
+        """Measure keys and targets on the shadow, solve ``layers`` one by one (MEMIT's spread),
+        then, for ``refine_rounds``, re-check every fact on the edited shadow and raise the
+        residuals of those still below the stop probability. ``sums`` and ``weights`` (each
+        solved layer's W, also set on the shadow) are updated in place."""
+        ed = self.editor
+        cfg, tok, shadow = ed.editing, ed.tokenizer, ed.shadow
+        device, n = next(ed.model.parameters()).device, len(facts)
+        lead_ins = (answer_lead_ins(shadow, tok, facts, ed.system_prompt, cfg.lead_in_tokens)
+                    if cfg.lead_in_tokens else [[] for _ in facts])
+        rows = lambda i, fact, with_targets: fact_rows(i, fact, tok, ed.prompts, with_targets, lead_ins[i])  # noqa: E731
+        train, key_rows, kl_rows = [], [], []
+        for i, fact in enumerate(facts):
+            train += rows(i, fact, True)
+            key_rows += rows(i, fact, False)
+            kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
+        if cfg.lead_in_tokens:
+            log.info("%d lead-in(s) for %d of %d fact(s)", sum(map(len, lead_ins)), sum(map(bool, lead_ins)), n)
+        pad = tok.pad_token_id
+        key_batch, train_batch, kl_batch = (collate(part, pad, device) for part in (key_rows, train, kl_rows))
+        last_block = get_module(shadow, ed.arch.block_module.format(layers[-1]))
+        edited = lambda layer: get_module(shadow, ed.names[layer])  # noqa: E731
+
+        measure = lambda layer: keys_and_hidden(shadow, key_batch, n, edited(layer), last_block,  # noqa: E731
+                                                cfg.key_mode == "per_form")
+        first = measure(layers[0])
+        K, H, owner = first
+        h_norm = average_by_fact(H.norm(dim=0)[:, None], owner, n)[:, 0].float()
+        targets = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
+        fraction = realised_fraction(K, ed.C[layers[0]], cfg.mom2_weight, sums.T(layers[0]))
+        fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
+        keys, residuals = self._solve_layers(layers, targets.delta, first, sums, weights, measure)
+        probability = targets.probability
+        for _ in range(cfg.refine_rounds):
+            more = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
+            probability = more.probability
+            behind = more.delta.norm(dim=1).cpu() > 0      # facts that passed at once keep a zero delta
+            if not behind.any():
+                break
+            log.info("refining %d of %d fact(s) below P = %.2f", int(behind.sum()), n, cfg.stop_probability)
+            _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, weights, measure,
+                                          keys, behind)
+            for layer in layers:
+                residuals[layer] = residuals[layer] + extra[layer]
+        vectors = [{layer: (keys[layer][:, owner == i].clone(), residuals[layer][:, owner == i].clone())
+                    for layer in layers} for i in range(n)]
+        return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
+
+    def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor):
+        ed = self.editor
+        targets = optimise_targets(ed.shadow, train, kl, last_block, h_norm, self.targets, ed.tokenizer.pad_token_id)
+        bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
+        if bad:
+            raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")
+        return targets
+
+    def _solve_layers(self, layers: list[int], delta: torch.Tensor, first: tuple, sums: EditSums,
+                      weights: dict[int, torch.Tensor], measure, known_keys: dict[int, torch.Tensor] | None = None,
+                      only: torch.Tensor | None = None):
+        """Move the last edited block's output at each key toward Z = H + delta, spreading
+        the residual over the layers and re-measuring after each; update ``sums``, ``weights``
+        and the shadow. Layer j takes (z - h_j) / (L - j), so the last layer inherits whatever
+        the earlier ones did not realise. A new batch adds its (k, r) columns; a refinement
+        (``known_keys``) only raises the residuals of the facts in ``only`` at the keys
+        already in the sums. Returns each layer's keys and residuals (d, m)."""
+        ed = self.editor
+        strategy, lam = sums.strategy, ed.editing.mom2_weight
+        K, H, owner = first
+        Z = H + delta[owner].T.double().cpu()                           # (d, m)
+        keys, residuals = {}, {}
+        for j, layer in enumerate(layers):
+            if j:
+                K, H, owner = measure(layer)
+            R = spread_residual(Z, H, len(layers) - j)              # (d, m)
+            if known_keys is None:
+                strategy.add_batch(sums, layer, K, R, ed.C[layer], lam)
+            else:
+                K, R = known_keys[layer], R * only[owner].to(R.dtype)
+                strategy.raise_residuals(sums, layer, K, R, ed.C[layer], lam)
+            weights[layer] = ed.solve_weight(sums, layer)
+            ed._set_weight(ed.shadow, layer, weights[layer])
+            keys[layer], residuals[layer] = K, R
+        return keys, residuals

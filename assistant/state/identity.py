@@ -1,0 +1,51 @@
+"""Which state directory a run uses, and the identity a state keeps: the method, the model,
+the edited layers, lambda and the covariance it was made with."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from assistant.errors import StateError
+
+# Identity keys added after states were first written, with the value those states had.
+IDENTITY_BEFORE = {"chat_layers": []}
+
+
+def state_dir_for(config, state_dir: Path | str | None = None) -> Path:
+    """``state_dir``, else LIVEDIT_STATE_DIR, else $LIVEDIT_HOME/state."""
+    chosen = state_dir or os.environ.get("LIVEDIT_STATE_DIR")
+    return Path(chosen).expanduser() if chosen else config.paths.home_dir() / "state"
+
+
+def state_identity(config, model_fingerprint: str, method: str) -> dict:
+    cov = config.covariance
+    return {
+        "method": method,
+        "model_fingerprint": model_fingerprint,
+        "layers": list(config.editing.layers),
+        "chat_layers": list(config.editing.chat_layers),
+        "mom2_weight": config.editing.mom2_weight,
+        "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
+    }
+
+
+def check_identity(ledger, wanted: dict, folder: Path, method_given: bool) -> dict:
+    """The state's identity: ``wanted`` stored on a fresh state, else checked against the stored
+    one (the stored method is kept when none was given). A mismatch names the key."""
+    stored = ledger.meta()
+    if not stored:
+        ledger.set_meta({**wanted, "model_path": None})
+        return wanted
+    if not method_given:
+        wanted = {**wanted, "method": stored["method"]}
+    for key, value in wanted.items():
+        had = stored.get(key, IDENTITY_BEFORE.get(key))
+        if had != value:
+            raise StateError(
+                f"state {folder} was made with {key} = {had!r}, but this run has {value!r}. "
+                "Use another --state-dir (or LIVEDIT_STATE_DIR) for a different experiment"
+                + (f", or set [editing] {key} = {had!r} in config.toml to keep using this state."
+                   if key in ("layers", "chat_layers", "mom2_weight") else ".")
+            )
+    return wanted

@@ -1,0 +1,122 @@
+"""`livedit serve`: the chat callback, the background start, and a real serving process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from assistant.errors import ModelNotReady
+from livedit.services import Progress, Services
+from ui.app import MAX_QUESTION_CHARS, respond
+
+
+class FakeServices:
+    def __init__(self, pieces=("The", "The answer"), error: Exception | None = None):
+        self.pieces, self.error, self.progress = pieces, error, Progress()
+
+    def chat(self, question):
+        if self.error:
+            raise self.error
+        yield from self.pieces
+
+
+def last(generator):
+    *_, final = generator
+    return final
+
+
+def test_respond_streams_the_answer_into_the_history():
+    history, cleared = last(respond(FakeServices(), "  Where is Paris? ", []))
+    assert cleared == ""
+    assert history == [{"role": "user", "content": "Where is Paris?"}, {"role": "assistant", "content": "The answer"}]
+
+
+def test_respond_says_politely_that_the_model_is_not_ready():
+    history, _ = last(respond(FakeServices(error=ModelNotReady("the model is still starting (loading)")), "Hi", []))
+    assert history[-1]["role"] == "assistant" and "still starting" in history[-1]["content"]
+
+
+def test_respond_refuses_a_question_that_is_too_long_and_keeps_it():
+    question = "x" * (MAX_QUESTION_CHARS + 1)
+    history, kept = last(respond(FakeServices(), question, []))
+    assert kept == question and str(MAX_QUESTION_CHARS) in history[-1]["content"]
+
+
+def test_services_open_in_the_background_and_chat_once_ready(make_config, livedit_dirs):
+    services = Services(make_config("llama"), livedit_dirs["state"])
+    with pytest.raises(ModelNotReady, match="still starting"):
+        next(services.chat("Where is Paris?"))
+    services.start()
+    try:
+        assert services.wait_ready(timeout=120), services.progress
+        assert services.progress.ready
+        answer = last(services.chat("Where is Paris?"))
+        assert isinstance(answer, str) and answer
+    finally:
+        services.close()
+    assert services.editor is None and services.queue is None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_tiny_config(path, make_config, model: str = "llama") -> str:
+    """A config.toml for a `livedit` subprocess on a tiny model (small statistics, small edits)."""
+    config = make_config(model)
+    e, c = config.editing, config.covariance
+    path.write_text(
+        f'[model]\npath = "{config.model.path}"\ndevice = "cpu"\nthreads = 1\n'
+        f'[covariance]\ncorpora = {list(c.corpora)!r}\ntokens = {c.tokens}\nsequence_length = {c.sequence_length}\n'
+        f'[editing]\nlayers = {list(e.layers)}\nchat_layers = []\nmom2_weight = {e.mom2_weight}\nsteps = {e.steps}\n'
+        f'batch_size = {e.batch_size}\nrefine_rounds = 0\nlead_in_tokens = 0\ncase_variants = false\n'
+        f'context_prefixes = {list(e.context_prefixes)!r}\n'.replace("'", '"'), encoding="utf-8")
+    return str(path)
+
+
+def start_serving(config_file: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "livedit", "--config", config_file, "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for_answer(port: int, question: str, timeout: float = 120.0) -> str:
+    from gradio_client import Client
+
+    deadline = time.monotonic() + timeout
+    client = None
+    while time.monotonic() < deadline:
+        try:
+            client = client or Client(f"http://127.0.0.1:{port}/", verbose=False)
+            history, _ = client.predict(question, [], api_name="/chat")
+            text = history[-1]["content"]
+            text = text[0]["text"] if isinstance(text, list) else text
+            if "still starting" not in text:
+                return text
+        except Exception:                       # the server is not up yet  # noqa: BLE001
+            pass
+        time.sleep(1.0)
+    raise AssertionError(f"no answer from livedit serve on port {port} within {timeout} s")
+
+
+def test_livedit_serve_answers_and_stops_cleanly_on_sigterm(tmp_path, make_config):
+    port = _free_port()
+    process = start_serving(write_tiny_config(tmp_path / "config.toml", make_config), port)
+    try:
+        answer = wait_for_answer(port, "Where is Paris?")
+        assert answer and "⚠️" not in answer
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "livedit: stopped" in output
