@@ -185,6 +185,44 @@ class UpdaterConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    enabled: bool = _help("check every batch as a candidate before it is committed", True)
+    max_l1_growth: float = _help("largest L1 growth over W0 of any edited layer after the batch (0.05: 5%)", 0.05)
+    min_efficacy: float = _help("smallest share of the batch's facts whose answer must hold the new object", 0.5)
+    min_agreement: float = _help("smallest top-1 token agreement with the unedited model on the probes", 0.85)
+    max_kl: float = _help("largest mean KL (nats) from the unedited model on the probes", 0.3)
+    probe_questions: int = _help("unrelated chat questions (QAEdit locality questions) in the drift probes", 16)
+    probe_texts: int = _help("held-out WikiText lines in the drift probes", 16)
+    probe_tokens: int = _help("tokens scored per probe (the unedited answer's length, or the text's)", 24)
+
+    def __post_init__(self):
+        if not (0 < self.max_l1_growth and 0 <= self.min_efficacy <= 1 and 0 <= self.min_agreement <= 1
+                and self.max_kl > 0):
+            raise ConfigError("[guard] needs max_l1_growth > 0, min_efficacy and min_agreement in 0..1, max_kl > 0")
+        if self.probe_questions < 0 or self.probe_texts < 0 or self.probe_questions + self.probe_texts == 0 \
+                or self.probe_tokens < 2:
+            raise ConfigError("[guard] needs some probes (probe_questions + probe_texts > 0) and probe_tokens >= 2")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    enabled: bool = _help("run the jobs on their intervals inside `livedit serve`", True)
+    job_store: str = _help("SQLAlchemy URL of the job store; empty: SQLite in $LIVEDIT_HOME/jobs.sqlite", "")
+    detect_minutes: float = _help("minutes between detector runs over the due facts; 0 switches it off", 60.0)
+    apply_minutes: float = _help("minutes between apply runs over the approved queue items; 0: off", 2.0)
+    verify_minutes: float = _help("minutes between re-asking applied edits; 0: off", 60.0)
+    snapshot_minutes: float = _help("minutes between weight-patch exports for replicas; 0: off", 0.0)
+    verify_sample: int = _help("applied edits re-asked per verify run", 8)
+    snapshot_dir: str = _help("where snapshots go; empty: $LIVEDIT_HOME/patches", "")
+
+    def __post_init__(self):
+        if min(self.detect_minutes, self.apply_minutes, self.verify_minutes, self.snapshot_minutes) < 0:
+            raise ConfigError("[scheduler] a job's minutes must be 0 (off) or more")
+        if self.verify_sample < 1:
+            raise ConfigError("[scheduler] verify_sample must be at least 1")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -192,6 +230,8 @@ class Config:
     editing: EditingConfig = field(default_factory=EditingConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     updater: UpdaterConfig = field(default_factory=UpdaterConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def replace(self, section: str, **changes) -> "Config":
         """A copy with some keys of one section changed (validated again)."""

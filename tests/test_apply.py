@@ -67,7 +67,7 @@ def test_a_raising_batch_fails_its_items_and_applies_nothing(open_engine, queue,
         if any(fact.id == "fact-2" for fact in facts):
             before["snapshot"] = inspect.snapshot(editor)
             original(facts, sums, layers, weights)         # the math runs, then the batch raises
-            raise RuntimeError("disk full\nwhile writing")
+            raise OSError("disk full\nwhile writing")
         return original(facts, sums, layers, weights)
 
     editor._solver.edit_batch = fails_on_the_second_batch
@@ -77,7 +77,7 @@ def test_a_raising_batch_fails_its_items_and_applies_nothing(open_engine, queue,
     for item_id in ids[2:]:
         item = queue.get(item_id)
         assert item.state == "failed" and item.edit_id is None
-        assert queue.show(item_id).events[-1].why == "the batch failed: RuntimeError: disk full while writing"
+        assert queue.show(item_id).events[-1].why == "the batch failed: OSError: disk full while writing"
         assert editor.active_edit(item.fact_id) is None
 
     del editor._solver.edit_batch                        # the engine's own method again
@@ -87,6 +87,25 @@ def test_a_raising_batch_fails_its_items_and_applies_nothing(open_engine, queue,
     assert list(retried.applied) == ids[2:] and retried.failed == {}
     for item_id, edit_id in retried.applied.items():
         assert_applied(editor, queue, item_id, edit_id)
+
+
+def test_a_bug_while_applying_surfaces_and_loses_no_item(open_engine, queue, new_fact, inspect):
+    editor = open_engine("llama")
+    ids = approve(queue, [new_fact(0), new_fact(1)])
+    snapshot = inspect.snapshot(editor)
+
+    def buggy(facts, sums, layers, weights):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    editor._solver.edit_batch = buggy
+    with pytest.raises(TypeError, match="unsupported operand"):
+        apply_approved(editor, queue, batch_size=2)
+    inspect.assert_unchanged(editor, snapshot)
+    for item_id in ids:
+        assert queue.get(item_id).state == "approved"
+        assert "TypeError in livedit (a bug)" in queue.show(item_id).events[-1].why
+    del editor._solver.edit_batch
+    assert sorted(apply_approved(editor, queue, batch_size=2).applied) == ids
 
 
 def test_an_item_the_engine_cannot_take_fails_alone(open_engine, queue, new_fact):
@@ -120,9 +139,12 @@ def test_items_left_applying_by_a_crash_are_settled(open_engine, queue, new_fact
     queue.start_applying(ids)
     committed = editor.apply(facts[:1]).edit_ids[0]          # the process died after this commit
     outcome = apply_approved(editor, queue)
-    assert outcome.settled == {ids[0]: "applied", ids[1]: "failed"} and outcome.applied == {}
+    assert outcome.settled == {ids[0]: "applied", ids[1]: "approved"}
     assert_applied(editor, queue, ids[0], committed)
-    assert queue.get(ids[1]).state == "failed"
+    assert list(outcome.applied) == [ids[1]]                 # approved again, then applied by this run
+    assert_applied(editor, queue, ids[1], outcome.applied[ids[1]])
+    states = [e.to_state for e in queue.show(ids[1]).events]
+    assert states[-3:] == ["approved", "applying", "applied"]
 
 
 def test_plan_batches_keeps_a_facts_items_in_order_and_apart(queue, new_fact):

@@ -49,10 +49,10 @@ def drive(queue, item_id, state):
 
 def test_queue_migrations_apply_once_in_memory():
     conn = open_database(":memory:", QUEUE_MIGRATIONS)
-    assert applied_migrations(conn) == ["0001_edit_queue"]
+    assert applied_migrations(conn) == ["0001_edit_queue", "0002_guard_decisions"]
     assert migrate(conn, QUEUE_MIGRATIONS) == []
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"items", "events", "migrations"} <= tables
+    assert {"items", "events", "migrations", "guard_decisions"} <= tables
 
 
 def test_the_transition_table_covers_every_state():
@@ -227,4 +227,4 @@ def test_the_queue_lives_in_livedit_home(home):
     assert (home / "queue.sqlite").exists()
     with EditQueue.open(load_config()) as reopened:
         assert [item.new_object for item in reopened.list()] == ["French"]
-        assert applied_migrations(reopened.conn) == ["0001_edit_queue"]
+        assert applied_migrations(reopened.conn) == ["0001_edit_queue", "0002_guard_decisions"]

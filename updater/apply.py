@@ -1,10 +1,17 @@
 """The apply step: write approved queue items into the model's weights with the engine.
 
-Approved items are taken oldest first, in batches. A batch is marked applying, applied
-by ``Editor.apply`` as one atomic commit, and then each item is marked applied with its
-engine edit id. When the engine raises, every item of the batch is marked failed with
-the error (a curator can approve it again) and the model keeps its previous weights.
-Items that a crash left in "applying" are settled first against the engine's ledger.
+Approved items are taken oldest first, in batches. A batch is marked applying and solved
+by the engine as a candidate. The guard (updater.guard), when given, checks the candidate:
+a passing batch is committed and each item is marked applied with its engine edit id; a
+failing batch is discarded, split in halves and each half tried again, so one harmful fact
+does not block the others; a single failing fact is rejected with the guard's reason and
+figures. Every decision is kept with its figures.
+
+When the engine refuses a batch (its own errors, or the disk), every item of the batch is
+marked failed with the error (a curator can approve it again) and the model keeps its
+weights. Any other exception is a bug: the items go back to approved and it is raised.
+Items that a crash left in "applying" are settled first against the engine's ledger:
+applied if their commit landed, else approved again, so no correction is lost.
 
 Only one process may apply at a time: the engine's state directory has one writer.
 """
@@ -17,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from assistant.config import Config
-from assistant.errors import InvalidFact
+from assistant.errors import InvalidFact, LiveditError
 from assistant.facts import Fact
 from updater.queue import EditQueue, QueueItem
 
@@ -31,6 +38,7 @@ REASON_CHARS = 1000
 class ApplyOutcome:
     applied: dict[int, int] = field(default_factory=dict)    # queue item id -> engine edit id
     failed: dict[int, str] = field(default_factory=dict)     # queue item id -> why
+    rejected: dict[int, str] = field(default_factory=dict)   # queue item id -> the guard's reason
     settled: dict[int, str] = field(default_factory=dict)    # items a crash left applying -> their new state
     stopped: bool = False                                    # the stop event ended the run early
 
@@ -56,7 +64,8 @@ def plan_batches(items: list[QueueItem], size: int) -> list[list[QueueItem]]:
 
 
 def settle_applying(editor, queue: EditQueue, who: str = "scheduler") -> dict[int, str]:
-    """Settle items left in "applying" by a crash: applied if the ledger holds their edit, else failed."""
+    """Settle items left in "applying" by a crash: applied if the ledger holds their edit,
+    else approved again (the batch never committed; the next run retries it)."""
     settled = {}
     for item in queue.list(state="applying"):
         active = editor.active_edit(item.fact_id)
@@ -64,8 +73,8 @@ def settle_applying(editor, queue: EditQueue, who: str = "scheduler") -> dict[in
             queue.mark_applied(item.id, active.id, who, f"settled after an interruption: edit {active.id} holds it")
             settled[item.id] = "applied"
         else:
-            queue.mark_failed(item.id, "interrupted before its edit was committed; approve it again to retry", who)
-            settled[item.id] = "failed"
+            queue.transition(item.id, "approved", who, "interrupted before its edit was committed; it will be retried")
+            settled[item.id] = "approved"
     return settled
 
 
@@ -84,8 +93,8 @@ def _editable(editor, items: list[QueueItem]) -> tuple[list[tuple[QueueItem, Fac
 
 
 def apply_batch(editor, queue: EditQueue, items: list[QueueItem], outcome: ApplyOutcome,
-                who: str = "scheduler") -> None:
-    """Apply one batch of approved items as one engine commit; record the result on each item."""
+                who: str = "scheduler", guard=None) -> None:
+    """Apply one batch of approved items; record the result on each item (see the module docstring)."""
     items = [item for item in (queue.get(item.id) for item in items) if item.state == "approved"]   # still approved
     if not items:
         return
@@ -94,23 +103,64 @@ def apply_batch(editor, queue: EditQueue, items: list[QueueItem], outcome: Apply
     for item_id, why in bad.items():
         queue.mark_failed(item_id, why, who)
         outcome.failed[item_id] = why
-    if not ready:
-        return
-    before = {fact.id: _active_id(editor, fact) for _, fact in ready}
-    try:
-        report = editor.apply([fact for _, fact in ready], batch_size=len(ready))
-    except BaseException as error:
-        _record_failure(editor, queue, ready, before, error, outcome, who)
-        if not isinstance(error, Exception):
-            raise
-        return
-    new_ids, unchanged = iter(report.edit_ids), set(report.unchanged)
+    todo = []
     for item, fact in ready:
-        if fact.id in unchanged:
-            edit_id, why = editor.active_edit(fact.id).id, "the model already holds this object"
+        held = _active_id(editor, fact)
+        if held is not None:
+            queue.mark_applied(item.id, held, who, f"the model already holds this object (edit {held})")
+            outcome.applied[item.id] = held
         else:
-            edit_id, why = next(new_ids), f"applied with {editor.method}"
-        queue.mark_applied(item.id, edit_id, who, f"{why} (edit {edit_id})")
+            todo.append((item, fact))
+    if todo:
+        _write(editor, queue, todo, outcome, who, guard)
+
+
+def _write(editor, queue: EditQueue, pairs: list[tuple[QueueItem, Fact]], outcome: ApplyOutcome, who: str,
+           guard) -> None:
+    """Solve ``pairs`` as one candidate; commit it, or split it, or reject its one fact."""
+    facts, item_ids = [fact for _, fact in pairs], [item.id for item, _ in pairs]
+    try:
+        candidate = editor.solve_candidate(facts)
+    except BaseException as error:
+        _record_failure(queue, pairs, error, outcome, who)
+        raise_unless_refusal(error)
+        return
+    try:
+        verdict = guard.check(editor, candidate, facts) if guard is not None else None
+    except BaseException as error:
+        editor.discard(candidate)
+        _record_failure(queue, pairs, error, outcome, who)
+        raise_unless_refusal(error)
+        return
+    if verdict is None or verdict.ok:
+        _commit(editor, queue, pairs, candidate, verdict, outcome, who)
+        return
+    editor.discard(candidate)
+    figures = verdict.figures.to_json()
+    if len(pairs) > 1:
+        queue.record_decision(item_ids, "split", verdict.summary(), figures)
+        half = len(pairs) // 2
+        for part in (pairs[:half], pairs[half:]):
+            _write(editor, queue, part, outcome, who, guard)
+        return
+    queue.record_decision(item_ids, "reject", verdict.summary(), figures)
+    why = f"rejected by the guard: {verdict.summary()}"
+    queue.transition(item_ids[0], "rejected", who, why)
+    outcome.rejected[item_ids[0]] = why
+
+
+def _commit(editor, queue: EditQueue, pairs, candidate, verdict, outcome: ApplyOutcome, who: str) -> None:
+    try:
+        edit_ids = editor.commit(candidate)
+    except BaseException as error:
+        _record_failure(queue, pairs, error, outcome, who)
+        raise_unless_refusal(error)
+        return
+    if verdict is not None:
+        queue.record_decision([item.id for item, _ in pairs], "commit", verdict.summary(), verdict.figures.to_json(),
+                              editor.generation)
+    for (item, _), edit_id in zip(pairs, edit_ids):
+        queue.mark_applied(item.id, edit_id, who, f"applied with {editor.method} (edit {edit_id})")
         outcome.applied[item.id] = edit_id
 
 
@@ -120,24 +170,36 @@ def _active_id(editor, fact: Fact) -> int | None:
     return active.id if active is not None and active.fact.target_new == fact.target_new else None
 
 
-def _record_failure(editor, queue: EditQueue, ready: list[tuple[QueueItem, Fact]], before: dict[str, int | None],
-                    error: BaseException, outcome: ApplyOutcome, who: str) -> None:
-    """Mark a raising batch's items failed; an edit the engine committed before it raised counts as applied."""
-    why = f"the batch failed: {type(error).__name__}: {reason(error)}"
-    log.warning("apply: %s", why)
-    for item, fact in ready:
-        edit_id = _active_id(editor, fact)
-        if edit_id is not None and edit_id != before[fact.id]:
-            queue.mark_applied(item.id, edit_id, who, f"committed as edit {edit_id} before the batch raised")
-            outcome.applied[item.id] = edit_id
-        else:
+def is_refusal(error: BaseException) -> bool:
+    """The engine's own refusals and the disk's errors fail a batch's items; anything else is a bug."""
+    return isinstance(error, (LiveditError, OSError))
+
+
+def raise_unless_refusal(error: BaseException) -> None:
+    if not is_refusal(error):
+        raise error
+
+
+def _record_failure(queue: EditQueue, pairs: list[tuple[QueueItem, Fact]], error: BaseException,
+                    outcome: ApplyOutcome, who: str) -> None:
+    """Nothing of the batch was committed: its items fail with the engine's refusal, or go
+    back to approved when the error is a bug (which the caller raises)."""
+    if is_refusal(error):
+        why = f"the batch failed: {type(error).__name__}: {reason(error)}"
+        log.warning("apply: %s", why)
+        for item, _ in pairs:
             queue.mark_failed(item.id, why, who)
             outcome.failed[item.id] = why
+        return
+    log.error("apply: %s while applying; the batch's items are approved again", type(error).__name__)
+    for item, _ in pairs:
+        queue.transition(item.id, "approved", who, f"not applied: {type(error).__name__} in livedit (a bug); "
+                         "the item waits for the next run")
 
 
 def apply_approved(editor, queue: EditQueue, limit: int | None = None, batch_size: int | None = None,
                    who: str = "scheduler", progress: Progress | None = None,
-                   stop: threading.Event | None = None) -> ApplyOutcome:
+                   stop: threading.Event | None = None, guard=None) -> ApplyOutcome:
     """Apply the approved items (oldest first, at most ``limit``) in batches; see the module docstring."""
     outcome = ApplyOutcome(settled=settle_applying(editor, queue, who))
     items = queue.list(state="approved")
@@ -147,17 +209,18 @@ def apply_approved(editor, queue: EditQueue, limit: int | None = None, batch_siz
         if stop is not None and stop.is_set():
             outcome.stopped = True
             break
-        apply_batch(editor, queue, batch, outcome, who)
+        apply_batch(editor, queue, batch, outcome, who, guard)
         done += len(batch)
         if progress is not None:
             progress(done, len(items))
-    log.info("apply: %d applied, %d failed", len(outcome.applied), len(outcome.failed))
+    log.info("apply: %d applied, %d failed, %d rejected", len(outcome.applied), len(outcome.failed),
+             len(outcome.rejected))
     return outcome
 
 
 def run_apply(editor, config: Config, limit: int | None = None, batch_size: int | None = None,
               who: str = "scheduler", progress: Progress | None = None,
-              stop: threading.Event | None = None) -> ApplyOutcome:
+              stop: threading.Event | None = None, guard=None) -> ApplyOutcome:
     """apply_approved with the edit queue of ``config``."""
     with EditQueue.open(config) as queue:
-        return apply_approved(editor, queue, limit, batch_size, who, progress, stop)
+        return apply_approved(editor, queue, limit, batch_size, who, progress, stop, guard)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 TRANSITIONS: dict[str, frozenset[str]] = {
     "proposed": frozenset({"approved", "rejected", "superseded"}),
     "approved": frozenset({"applying", "rejected", "superseded"}),
-    "applying": frozenset({"applied", "failed"}),
+    "applying": frozenset({"applied", "failed", "rejected", "approved"}),   # approved: not committed, retry
     "applied": frozenset({"retracted", "superseded"}),
     "failed": frozenset({"approved", "rejected", "superseded"}),
     "rejected": frozenset(),
@@ -70,7 +70,28 @@ QUEUE_MIGRATIONS = [
             at TEXT NOT NULL);
         CREATE INDEX events_by_item ON events (item_id, id)
     """),
+    Migration("0002_guard_decisions", """
+        CREATE TABLE guard_decisions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            item_ids_json TEXT NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('commit', 'split', 'reject')),
+            generation INTEGER,
+            reason TEXT NOT NULL,
+            figures_json TEXT NOT NULL)
+    """),
 ]
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    id: int
+    at: str
+    item_ids: list[int]
+    outcome: str                     # "commit", "split" (retried in halves) or "reject"
+    generation: int | None           # the committed generation (commit only)
+    reason: str
+    figures: dict
 
 
 @dataclass(frozen=True)
@@ -235,6 +256,23 @@ class EditQueue(Database):
     def retract(self, item_id: int, who: str, why: str) -> QueueItem:
         """Record that the item's applied edit was taken out of the model."""
         return self.transition(item_id, "retracted", who, why)
+
+    def record_decision(self, item_ids: list[int], outcome: str, reason: str, figures: dict,
+                        generation: int | None = None) -> int:
+        """Keep one guard decision with its figures (for curators and the UI's plots)."""
+        with write_transaction(self.conn, self.lock):
+            cursor = self.conn.execute(
+                "INSERT INTO guard_decisions (at, item_ids_json, outcome, generation, reason, figures_json) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (now(), json.dumps(item_ids), outcome, generation, reason,
+                                              json.dumps(figures)))
+        return cursor.lastrowid
+
+    def decisions(self, limit: int | None = None) -> list[GuardDecision]:
+        """The guard's decisions, newest first."""
+        rows = self.conn.execute("SELECT * FROM guard_decisions ORDER BY id DESC" + (" LIMIT ?" if limit else ""),
+                                 (limit,) if limit else ())
+        return [GuardDecision(row["id"], row["at"], json.loads(row["item_ids_json"]), row["outcome"],
+                              row["generation"], row["reason"], json.loads(row["figures_json"])) for row in rows]
 
     def mark_failed(self, item_id: int, why: str, who: str = "scheduler") -> QueueItem:
         return self.transition(item_id, "failed", who, why)

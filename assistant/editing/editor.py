@@ -211,6 +211,19 @@ class Editor:
                 for layer, W in edited.items():
                     self._set_weight(self.model, layer, W)
 
+    @contextmanager
+    def base_shadow(self):
+        """The shadow with W0's edited layers while the block runs: the unedited model, for
+        reference figures, without pausing chat. Refused while a candidate is pending."""
+        if self._pending is not None:
+            raise StateError("a candidate is pending; commit or discard it first")
+        for layer in self.layers:
+            self._set_weight(self.shadow, layer, self.W0[layer])
+        try:
+            yield self.shadow
+        finally:
+            self._restore_shadow()
+
     def rebuild(self) -> None:
         """Set the shadow and the served model to W0 + the committed sums."""
         self.swap_in({layer: self.solve_weight(self.sums, layer) for layer in self.layers})

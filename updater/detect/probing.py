@@ -52,7 +52,7 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     return [first_line(text) for text in greedy_continuations(model, tokenizer, encoded, max_new_tokens, batch_size)]
 
 
-def _generate(model, tokenizer, forms: list[tuple[str, str]], settings: ProbeSettings) -> list[str]:
+def ask_forms(model, tokenizer, forms: list[tuple[str, str]], settings: ProbeSettings) -> list[str]:
     got = [""] * len(forms)
     questions = [i for i, (form, _) in enumerate(forms) if form == "question"]
     clozes = [i for i, (form, _) in enumerate(forms) if form == "cloze"]
@@ -79,7 +79,7 @@ def teacher_forced(model, tokenizer, contexts: list[str], completions: list[str]
 def probe_facts(model, tokenizer, facts: list[CuratedFact], settings: ProbeSettings = ProbeSettings()) -> list[Probe]:
     """Ask the model each fact (batched greedy generation) and score the object against its answer."""
     forms = [probe_form(fact) for fact in facts]
-    said = _generate(model, tokenizer, forms, settings)
+    said = ask_forms(model, tokenizer, forms, settings)
     contexts = [chat_prompt(tokenizer, text, settings.system_prompt) if form == "question" else text
                 for form, text in forms]
     p_object = teacher_forced(model, tokenizer, contexts, [fact.object for fact in facts], settings.batch_size)
