@@ -273,6 +273,44 @@ def test_garbage_from_the_model_falls_back_to_the_deterministic_extraction(make_
     assert item.evidence[-1]["extraction"] == "fallback" and reason in item.evidence[-1]["fallback_reason"]
 
 
+
+def _model_that_raises(error: Exception):
+    """An "LLM" (any runnable works in the chain) that fails with ``error``."""
+    from langchain_core.runnables import RunnableLambda
+
+    def generate(prompt):
+        raise error
+    return RunnableLambda(generate)
+
+
+def test_a_model_that_is_not_ready_falls_back(make_intake):
+    from assistant.errors import ModelNotReady
+
+    intake = make_intake(llm=_model_that_raises(ModelNotReady("the model is still loading")))
+    candidate = intake.propose_correction(TONGUE_Q, "French", "No, it's English")
+    assert candidate.path == "fallback"
+    assert candidate.fallback_reason == "model extraction failed: the model is still loading"
+    assert (candidate.subject, candidate.new_object) == ("Danielle Darrieux", "English")
+
+
+@pytest.mark.parametrize("bug", [TypeError("unsupported operand"), RuntimeError("index out of range"),
+                                 KeyError("subject")])
+def test_a_bug_in_the_model_path_surfaces_instead_of_falling_back(make_intake, bug):
+    intake = make_intake(llm=_model_that_raises(bug))
+    with pytest.raises(type(bug), match=str(bug.args[0])):
+        intake.propose_correction(TONGUE_Q, "French", "No, it's English")
+
+
+def test_a_bug_after_a_good_parse_surfaces_too(make_intake, monkeypatch):
+    def broken_grounding(inputs):                     # our own code, after the model answered well
+        raise TypeError("grounded_fields broke")
+    monkeypatch.setattr("updater.intake.model.grounded_fields", broken_grounding)
+    intake = make_intake(llm=FakeListLLM(responses=[GOOD_JSON]))
+    with pytest.raises(TypeError, match="grounded_fields broke"):
+        intake.propose_correction(TONGUE_Q, "French", "No, it's English")
+    assert sum(intake.queue.counts().values()) == 0
+
+
 # -- the command line -----------------------------------------------------------------------
 @pytest.fixture
 def livedit(make_intake, hf_embeddings, embedding_function, monkeypatch, capsys):

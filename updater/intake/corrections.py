@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from langchain_core.exceptions import OutputParserException
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 
-from assistant.errors import InvalidFact
+from assistant.errors import InvalidFact, ModelNotReady
 from updater.intake.fallback import fallback_fields
 from updater.intake.policy import (AGREES, MAX_ANCHOR_DISTANCE, RelatedFact, Verdict, auto_approves, judge, normalize,
                                    pick_anchor)
@@ -34,7 +35,10 @@ log = logging.getLogger(__name__)
 MODEL_PATH, FALLBACK_PATH = "model", "fallback"
 POLICY_WHO = "intake-policy"
 ANSWER_LIMIT = 2000
-MODEL_ERRORS = (ValueError, TypeError, RuntimeError, InvalidFact)   # OutputParserException is a ValueError
+# What falls back to the deterministic extraction: the model's output does not parse, is not
+# grounded in the user's text or breaks the store's rules, or the model is not there. Any other
+# exception (a TypeError, a RuntimeError) is a bug and surfaces.
+MODEL_ERRORS = (OutputParserException, InvalidFact, ModelNotReady)
 
 
 @dataclass(frozen=True)
