@@ -4,7 +4,8 @@ import sqlite3
 
 import pytest
 
-from assistant.state.ledger import LEDGER_MIGRATIONS, Ledger
+from assistant.errors import StateError
+from assistant.state.ledger import LEDGER_FILE, LEDGER_MIGRATIONS, Ledger
 from assistant.state.migrations import Migration, applied_migrations, migrate
 
 FIRST = Migration("0001_items", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
@@ -50,17 +51,29 @@ def test_appended_migration_applies_only_the_new_one(conn):
 def test_mismatched_history_is_detected(conn):
     migrate(conn, [FIRST, SECOND])
     renamed = Migration("0002_colour", SECOND.sql)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(StateError, match="do not match") as error:
         migrate(conn, [FIRST, renamed])
-    with pytest.raises(ValueError, match="do not match"):
+    assert "another livedit version" in str(error.value) and "move the file aside" in str(error.value)
+    with pytest.raises(StateError, match="do not match"):
         migrate(conn, [SECOND, FIRST])
-    with pytest.raises(ValueError, match="do not match"):   # a database newer than the program
+    with pytest.raises(StateError, match="written by a newer livedit"):   # a database newer than the program
         migrate(conn, [FIRST])
     assert applied_migrations(conn) == ["0001_items", "0002_item_colour"]
 
 
+def test_a_mismatch_names_the_database_file(tmp_path):
+    path = tmp_path / "items.sqlite"
+    connection = sqlite3.connect(path)
+    try:
+        migrate(connection, [FIRST, SECOND])
+        with pytest.raises(StateError, match=f"database {path} has the migrations"):
+            migrate(connection, [FIRST])
+    finally:
+        connection.close()
+
+
 def test_duplicate_names_are_refused(conn):
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(StateError, match="0001_items appear more than once.*must be unique"):
         migrate(conn, [FIRST, Migration("0001_items", "CREATE TABLE other (x)")])
     assert applied_migrations(conn) == []
 
@@ -98,3 +111,30 @@ def test_ledger_migrations_on_memory_database(conn):
             conn.execute("INSERT INTO generations VALUES (1, NULL, 'x', 'now')")
             conn.execute("INSERT INTO edits (fact_id, fact_json, method, generation, status, created_at) "
                          "VALUES ('f', '{}', 'd4s', 1, 'lost', 'now')")
+
+
+def unknown_migration_database(path) -> None:
+    """A database whose history holds a migration this program does not know."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path)
+    with connection:
+        migrate(connection, [Migration("0001_from_the_future", "CREATE TABLE future (x)")])
+    connection.close()
+
+
+@pytest.mark.parametrize("argv, database", [
+    (["status"], ("state", LEDGER_FILE)),
+    (["retract", "1"], ("state", LEDGER_FILE)),
+    (["queue", "list"], ("home", "queue.sqlite")),
+])
+def test_the_cli_reports_a_database_with_unknown_migrations_in_one_line(argv, database, livedit_dirs, capsys):
+    from livedit.cli import main
+
+    folder, name = database
+    path = livedit_dirs[folder] / name
+    unknown_migration_database(path)
+    assert main(["-q", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"livedit: error: database {path} has the migrations ['0001_from_the_future']")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err and "move the file aside" in captured.err
+    assert captured.out == ""

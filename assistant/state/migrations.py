@@ -11,6 +11,8 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from assistant.errors import StateError
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -30,11 +32,13 @@ def applied_migrations(conn: sqlite3.Connection) -> list[str]:
 def migrate(conn: sqlite3.Connection, migrations: list[Migration]) -> list[str]:
     """Apply the migrations not applied yet; return their names."""
     names = [m.name for m in migrations]
-    if len(set(names)) != len(names):
-        raise ValueError("migration names must be unique")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise StateError(f"migration name(s) {', '.join(repeated)} appear more than once in this program's list; "
+                         "migration names must be unique: give the newer migration a new name")
     done = applied_migrations(conn)
     if done != names[:len(done)]:
-        raise ValueError(f"database migrations {done} do not match this program's {names}")
+        raise StateError(_mismatch(conn, done, names))
     applied = []
     for migration in migrations[len(done):]:
         with conn:
@@ -45,6 +49,16 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration]) -> list[str]:
             conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (migration.name, now()))
         applied.append(migration.name)
     return applied
+
+
+def _mismatch(conn: sqlite3.Connection, done: list[str], names: list[str]) -> str:
+    """Why a database's history does not fit this program's migrations, and what to do."""
+    file = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "") or ":memory:"
+    newer = done[:len(names)] == names
+    fix = ("it was written by a newer livedit: use that version, or move the file aside to start afresh" if newer
+           else "it was written by another livedit version or edited by hand: open it with the version that made it, "
+                "or move the file aside to start afresh")
+    return f"database {file} has the migrations {done}, which do not match this program's {names}; {fix}"
 
 
 def connect(path) -> sqlite3.Connection:
