@@ -57,6 +57,24 @@ def test_memit_seq_cannot_retract(open_engine, new_fact, inspect):
     assert editor.edit(edit_id).status == "active"
 
 
+
+def test_memit_seq_refuses_to_supersede_an_edit(open_engine, new_fact, inspect):
+    editor = open_engine(method="memit-seq")
+    (edit_id,) = editor.apply([new_fact(3, id="capital", target="Japan")]).edit_ids
+    before = inspect.snapshot(editor)
+    for batch in ([new_fact(3, id="capital", target="Rome")],
+                  [new_fact(4), new_fact(3, id="capital", target="Rome")]):     # refused before any batch commits
+        with pytest.raises(EditRejected) as error:
+            editor.apply(batch, batch_size=1)
+        message = str(error.value)
+        assert f"fact capital already has edit {edit_id} ('Japan')" in message
+        assert "memit-seq, which cannot take that edit out" in message and "d4s state" in message
+        inspect.assert_unchanged(editor, before)
+    with pytest.raises(EditRejected, match="cannot take that edit out"):
+        editor.solve_candidate([new_fact(3, id="capital", target="Rome")])
+    inspect.assert_unchanged(editor, before)
+    assert [(e.id, e.status, e.fact.target_new) for e in editor.edits()] == [(edit_id, "active", "Japan")]
+
 def test_memit_edits_all_facts_in_one_batch(open_engine, facts, inspect):
     editor = open_engine(method="memit", batch_size=1)          # memit ignores the batch size
     report = editor.apply(facts)
