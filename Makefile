@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 serve: setup
-	$(BIN)/livedit chat
+	$(BIN)/livedit serve
 
 test: setup
 	$(BIN)/python -m pytest -q -rs

@@ -39,7 +39,8 @@ class Services:
 
     def __init__(self, config: Config, state_dir: Path | str | None = None):
         self.config, self.state_dir = config, state_dir
-        self.editor = self.store = self.queue = self.runner = None
+        self.editor = self.store = self.queue = self.runner = self.schedule = None
+        self._stop = threading.Event()           # running jobs end after their batch once it is set
         self._progress = Progress()
         self._progress_lock = threading.Lock()
         self._ready = threading.Event()
@@ -86,22 +87,30 @@ class Services:
         self.editor = Editor.open(self.config, state_dir=self.state_dir, loaded=loaded, progress=False)
 
     def _open_updater(self) -> None:
-        from updater.queue import EditQueue
-        from updater.store.knowledge import KnowledgeStore
+        from updater.jobs import JobRunner
+        from updater.scheduler import Schedule
 
-        self.report("updater", "opening the knowledge store and the edit queue")
-        self.store = KnowledgeStore.open(self.config)
-        self.queue = EditQueue.open(self.config)
+        self.report("updater", "opening the knowledge store, the edit queue and the jobs")
+        self.runner = JobRunner.open(self.editor, self.config, self._stop)
+        self.store, self.queue = self.runner.store, self.runner.queue
+        if self.config.scheduler.enabled:
+            self.schedule = Schedule(self.runner, self.config)
+            self.schedule.start()
 
     def close(self) -> None:
         """Stop cleanly: the scheduler lets a running job finish its batch, then everything closes."""
+        self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        for name in ("runner", "queue", "store", "editor"):
+        if self.schedule is not None:
+            self.schedule.shutdown()
+            self.schedule = None
+        for name in ("runner", "editor"):           # the runner closes the store and the queue
             part = getattr(self, name)
             if part is not None:
                 part.close()
                 setattr(self, name, None)
+        self.store = self.queue = None
 
     # -- chat -------------------------------------------------------------------------------
     def chat(self, question: str) -> Iterator[str]:

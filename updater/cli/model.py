@@ -41,12 +41,14 @@ def cmd_detect(args) -> None:
 
 def cmd_apply(args) -> None:
     from updater.apply import run_apply
+    from updater.guard import Guard
 
     config, editor = _open_editor(args)
     try:
+        guard = Guard.for_editor(editor, config) if config.guard.enabled else None
         with progress_bar(args, f"applying ({editor.method})") as progress:
             outcome = run_apply(editor, config, limit=args.limit, batch_size=args.batch_size, who=args.who,
-                                progress=progress)
+                                progress=progress, guard=guard)
         norms = editor.norms()
     finally:
         editor.close()
@@ -56,7 +58,10 @@ def cmd_apply(args) -> None:
         print(f"item {item_id} applied as edit {edit_id}")
     for item_id, why in outcome.failed.items():
         print(f"item {item_id} failed: {why}")
-    print(f"applied {len(outcome.applied)} item(s), {len(outcome.failed)} failed; L1 growth "
+    for item_id, why in outcome.rejected.items():
+        print(f"item {item_id} {why}")
+    print(f"applied {len(outcome.applied)} item(s), {len(outcome.failed)} failed, {len(outcome.rejected)} rejected "
+          "by the guard; L1 growth "
           + ", ".join(f"layer {n.layer} {n.growth * 100:+.3f}%" for n in norms))
 
 
