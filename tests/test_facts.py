@@ -5,7 +5,7 @@ import json
 import pytest
 
 from assistant.errors import InvalidFact
-from assistant.facts import csv_unquoted, fact_from_record, load_facts, make_fact
+from assistant.facts import content_id, csv_unquoted, fact_from_record, load_facts, make_fact
 
 GOOD = {"id": "paris", "subject": "Paris", "prompt": "Paris is the capital of", "target_new": "Italy",
         "target_true": "France", "question": "What country is Paris the capital of?"}
@@ -138,3 +138,28 @@ def test_file_that_is_not_utf8_is_rejected(tmp_path):
 def test_missing_file_is_an_invalid_fact(tmp_path):
     with pytest.raises(InvalidFact, match="cannot read"):
         load_facts(tmp_path / "missing.jsonl")
+
+
+def test_a_fact_file_without_ids_gets_stable_content_ids(tmp_path):
+    # Our own format with no "id" (issue 23): loads, and the id is the content id, the same
+    # however the prompt is written and however often the file is read.
+    path = tmp_path / "facts.jsonl"
+    path.write_text('{"subject": "Paris", "prompt": "{} is the capital of", "target_new": "Rome"}\n'
+                    '{"subject": "Berlin", "prompt": "Berlin is the capital of", "object": "Italy"}\n',
+                    encoding="utf-8")
+    paris, berlin = load_facts(path)
+    assert paris.id == content_id("Paris", "{} is the capital of") and paris.id.startswith("f-")
+    assert berlin.id == content_id("Berlin", "{} is the capital of") and berlin.target_new == "Italy"
+    assert [f.id for f in load_facts(path)] == [paris.id, berlin.id]
+    written_out = make_fact(subject="Paris", prompt="Paris is the capital of", target_new="Spain")
+    assert written_out.id == paris.id
+
+
+def test_object_is_another_name_for_target_new():
+    assert fact_from_record({**GOOD, "target_new": None, "object": "Italy"}) == fact_from_record(GOOD)
+    with pytest.raises(InvalidFact, match="'object' and 'target_new' name the same field"):
+        fact_from_record({**GOOD, "object": "Spain"}, where="record 2")
+    # the knowledge store's export fields are part of the format; the engine does not need them
+    exported = {**GOOD, "aliases": [], "source": "curator", "curator": "ada", "valid_from": "2024-01-01",
+                "version": 2, "recorded_at": "2024-01-02T00:00:00Z", "note": "updated"}
+    assert fact_from_record(exported) == fact_from_record(GOOD)

@@ -7,6 +7,7 @@ import io
 from dataclasses import replace
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from updater_fixtures import (COUNTERFACT_FILE, FACTS, ZSRE_FILE, embedding_function, home,  # noqa: F401
@@ -14,7 +15,7 @@ from updater_fixtures import (COUNTERFACT_FILE, FACTS, ZSRE_FILE, embedding_func
 
 from assistant.config import UpdaterConfig, config_from_dict
 from assistant.errors import ConfigError, InvalidFact
-from assistant.facts import Fact
+from assistant.facts import Fact, content_id, load_facts
 from assistant.state.migrations import applied_migrations, migrate
 from updater.database import open_database
 from updater.errors import DuplicateFact, FactNotFound
@@ -22,6 +23,7 @@ from updater.store.records import CONTENT_FIELDS, CuratedFact
 from updater.store.knowledge import STORE_MIGRATIONS
 
 WHO = "ada"
+QAEDIT_FILE = Path("qaedit/qaedit-dev.json")
 
 
 def content(fact: CuratedFact) -> dict:
@@ -251,7 +253,7 @@ def test_import_refuses_duplicates_and_existing_ids(store, tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('{"id": "a", "subject": "A"\n', "line 1: invalid JSON"),
     ('{"id": "a", "colour": "red"}\n', "unknown field\\(s\\) colour"),
-    ("[1, 2]", "record 1: expected an object"),
+    ("[1, 2]", "record 1: expected a JSON object"),
     ("\n\n", "no records found"),
 ])
 def test_malformed_files_name_the_place(store, tmp_path, text, message):
@@ -295,3 +297,42 @@ def test_a_missing_collection_is_rebuilt_from_sqlite(store, open_store, home):
     assert renamed.sync_index() == len(FACTS)                 # the first use re-embeds every fact
     assert indexed_versions(renamed) == {f["id"]: 1 for f in FACTS}
     assert renamed.search("Which river flows through Africa?", k=1)[0].fact.id == "nile-continent"
+
+
+def test_a_record_gets_the_same_id_from_the_engine_and_the_store(store, tmp_path, shared_records):
+    # issue 23: a fact entered both ways must have one id, or supersede misses the first edit
+    quoted = [r for r in shared_records(QAEDIT_FILE, 700) if r["prompt"].startswith('"')][:2]
+    records = shared_records(ZSRE_FILE, 3) + quoted
+    path = write_jsonl(tmp_path / "mixed.jsonl", records)
+    engine_ids = [fact.id for fact in load_facts(path)]
+    assert store.import_file(path, who=WHO).added == engine_ids
+    assert engine_ids[:3] == [content_id(r["subject"], r["src"].replace(r["subject"], "{}", 1)) for r in records[:3]]
+    assert engine_ids[3:] == [f"qa-{r['id']}" for r in quoted]
+
+
+def test_qaedit_quoting_is_undone_by_the_engine_and_the_store(store, tmp_path):
+    record = {"id": 42, "source": "x", "prompt": '"The ""Giant Marbles"" rock formation is in which park?"',
+              "target": "Joshua Tree", "subject": "Giant Marbles"}
+    path = write_jsonl(tmp_path / "qaedit.jsonl", [record])
+    question = 'The "Giant Marbles" rock formation is in which park?'
+    [fact] = load_facts(path)
+    store.import_file(path, who=WHO)
+    curated = store.get("qa-42")
+    assert fact.question == curated.question == question
+    assert fact.prompt == curated.prompt == 'The "{}" rock formation is in which park?'
+
+
+@pytest.mark.parametrize("target_name", ["target_new", "object"])
+def test_one_fact_file_serves_the_engine_and_the_store(store, tmp_path, target_name):
+    records = [{"id": "ada-city", "subject": "Ada Lovelace", "prompt": "{} was born in", target_name: "London",
+                "question": "Where was Ada Lovelace born?"},
+               {"subject": "the Nile", "prompt": "the Nile flows through", target_name: "Africa"}]
+    path = write_jsonl(tmp_path / "ours.jsonl", records)
+    facts = load_facts(path)
+    assert store.import_file(path, who=WHO).added == [fact.id for fact in facts]
+    assert facts[1].id == content_id("the Nile", "{} flows through")
+    for fact in facts:
+        curated = store.get(fact.id)
+        assert (curated.subject, curated.prompt, curated.object, curated.question) == (
+            fact.subject, fact.prompt, fact.target_new, fact.question)
+        assert curated.to_edit_fact() == fact

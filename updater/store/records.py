@@ -1,30 +1,28 @@
-"""Curated facts: the record, its validation, and the public data sets' record formats.
+"""Curated facts: the record the knowledge store keeps, and its validation.
 
 A curated fact states what is true: ``prompt`` is a cloze template with one ``{}`` where
 the subject goes (a prompt given with the subject written out is turned into one), and
-``object`` completes it. The store gives every change a new ``version``.
+``object`` completes it. Records are read, and their text cleaned, by ``assistant.facts``
+(one format and one id for every command). The store gives every change a new ``version``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import unicodedata
 from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime, timezone
 
 from assistant.config import UpdaterConfig
 from assistant.errors import InvalidFact
-from assistant.facts import COUNTERFACT_FIELDS, QAEDIT_FIELDS, ZSRE_FIELDS, Fact, make_fact, make_template
+from assistant.facts import (CURATION_FIELDS, VERSION_FIELDS, Fact, clean_id, content_id, make_fact, make_template,
+                             own_fields)
+from assistant.facts import clean_text as _clean_text
+from assistant.facts import fields_from_record  # noqa: F401  (the store reads records with the engine's parser)
 
-INPUT_FIELDS = ("id", "subject", "prompt", "question", "object", "aliases", "source", "curator", "valid_from")
-VERSION_FIELDS = ("version", "recorded_at", "note")      # set by the store; ignored on import
+INPUT_FIELDS = ("id", "subject", "prompt", "question", "object", *CURATION_FIELDS)
 EXPORT_FIELDS = INPUT_FIELDS + VERSION_FIELDS
 CONTENT_FIELDS = ("subject", "prompt", "question", "object", "aliases", "source", "valid_from")
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]*")
-FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"}   # controls, surrogates, private, unassigned, breaks
-BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+TEXT_SETTING, ID_SETTING = "[updater] max_text_chars", "[updater] max_id_chars"
 
 
 @dataclass(frozen=True)
@@ -75,38 +73,9 @@ def today() -> str:
 
 
 def clean_text(value, name: str, where: str, limit: int, required: bool = True,
-               setting: str | None = "max_text_chars") -> str | None:
-    """The value as NFC text without surrounding blanks, or an InvalidFact naming the problem.
-
-    setting: the [updater] key that sets the limit, named in the message.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise InvalidFact(f"{where}: field {name!r} is empty; give a non-empty value")
-        return None
-    if not isinstance(value, str):
-        raise InvalidFact(f"{where}: field {name!r} must be text, got {type(value).__name__}")
-    text = unicodedata.normalize("NFC", value).strip()
-    if len(text) > limit:
-        hint = f", or raise [updater] {setting}" if setting else ""
-        raise InvalidFact(f"{where}: field {name!r} has {len(text)} characters; the limit is {limit} "
-                          f"(shorten it{hint})")
-    for position, char in enumerate(text, start=1):
-        if unicodedata.category(char) in FORBIDDEN_CATEGORIES or char in BIDI_CONTROLS:
-            raise InvalidFact(
-                f"{where}: field {name!r} contains unsupported character U+{ord(char):04X} at position "
-                f"{position}; remove it (control, line-break, direction and unassigned characters are not allowed)")
-    return text
-
-
-def clean_id(value, where: str, limit: int) -> str:
-    text = clean_text(value, "id", where, limit, setting="max_id_chars")
-    if len(text) > limit or not ID_PATTERN.fullmatch(text):
-        raise InvalidFact(f"{where}: id {text!r} is not usable; use up to {limit} letters, digits and . _ : @ / + -, "
-                          "starting with a letter or digit")
-    return text
+               setting: str | None = TEXT_SETTING) -> str | None:
+    """assistant.facts.clean_text, naming [updater] max_text_chars when the text is too long."""
+    return _clean_text(value, name, where, limit, required, setting)
 
 
 def clean_date(value, where: str) -> str:
@@ -148,22 +117,16 @@ def _aliases_from_cell(cell: str, where: str) -> list:
     return [part for part in cell.split("|") if part.strip()]
 
 
-def content_id(subject: str, template: str, prefix: str = "f") -> str:
-    """A stable id for a subject and relation, so that re-adding the same question collides."""
-    return f"{prefix}-" + hashlib.sha1(f"{subject}\x00{template}".encode()).hexdigest()[:12]
-
-
 def validate_fact(fields: dict, where: str, limits: UpdaterConfig, curator: str) -> CuratedFact:
-    """A CuratedFact (version 0) from our field names; InvalidFact says what to fix."""
+    """A CuratedFact (version 0) from our format's fields; InvalidFact says what to fix."""
+    fields = own_fields(fields, where)
     subject = clean_text(fields.get("subject"), "subject", where, limits.max_text_chars)
-    prompt = clean_text(fields.get("prompt"), "prompt", where, limits.max_text_chars)
-    obj = clean_text(fields.get("object"), "object", where, limits.max_text_chars)
-    template = make_template(prompt, subject, where)
-    if not template.replace("{}", "").strip():
-        raise InvalidFact(f"{where}: prompt {prompt!r} is only the subject; write the relation around it")
+    template = make_template(clean_text(fields.get("prompt"), "prompt", where, limits.max_text_chars), subject, where)
+    obj = clean_text(fields.get("target_new"), "object", where, limits.max_text_chars)
     raw_id = fields.get("id")
     return CuratedFact(
-        id=clean_id(raw_id, where, limits.max_id_chars) if raw_id not in (None, "") else content_id(subject, template),
+        id=clean_id(raw_id, where, limits.max_id_chars, ID_SETTING) if raw_id not in (None, "")
+        else content_id(subject, template),
         subject=subject, prompt=template, object=obj,
         question=clean_text(fields.get("question"), "question", where, limits.max_text_chars, required=False),
         aliases=clean_aliases(fields.get("aliases"), obj, where, limits),
@@ -171,32 +134,6 @@ def validate_fact(fields: dict, where: str, limits: UpdaterConfig, curator: str)
         curator=clean_text(fields.get("curator") or curator, "curator", where, limits.max_text_chars),
         valid_from=clean_date(fields.get("valid_from"), where),
     )
-
-
-def fields_from_record(record, where: str) -> dict:
-    """Our field names from one record: our own format, EasyEdit CounterFact, zsRE or QAEdit.
-
-    The data sets' *new* target is the curated object: in the end-to-end tests the store
-    holds the counterfactual truth that the model is edited towards.
-    """
-    if not isinstance(record, dict):
-        raise InvalidFact(f"{where}: expected an object with named fields, got {type(record).__name__}")
-    keys = {key for key, value in record.items() if value not in (None, "")} or set(record)
-    if "case_id" in keys and keys <= COUNTERFACT_FIELDS:
-        return {"id": f"cf-{record['case_id']}", "subject": record.get("subject"), "prompt": record.get("prompt"),
-                "object": record.get("target_new"), "source": "counterfact"}
-    if {"src", "alt"} <= keys and keys <= ZSRE_FIELDS:
-        subject, question = record.get("subject"), record.get("src")
-        return {"id": content_id(str(subject), str(question), "zsre"), "subject": subject, "prompt": question,
-                "question": question, "object": record.get("alt"), "source": "zsre"}
-    if {"target", "source"} <= keys and keys <= QAEDIT_FIELDS:
-        return {"id": f"qa-{record.get('id')}", "subject": record.get("subject"), "prompt": record.get("prompt"),
-                "question": record.get("prompt"), "object": record.get("target"), "source": "qaedit"}
-    unknown = sorted(set(record) - set(EXPORT_FIELDS))
-    if unknown:
-        raise InvalidFact(f"{where}: unknown field(s) {', '.join(unknown)}; use {', '.join(INPUT_FIELDS)} "
-                          "(or EasyEdit CounterFact, zsRE and QAEdit records)")
-    return {name: record.get(name) for name in INPUT_FIELDS}
 
 
 def apply_changes(current: CuratedFact, changes: dict, where: str, limits: UpdaterConfig,
