@@ -77,6 +77,17 @@ def cmd_status(args) -> None:
               f"  P={e.target_probability or 0:.2f}")
     if status.norms:
         _print_norms(status.norms)
+    print(_room_left(status, args.config.guard.max_l1_growth))
+
+
+def _room_left(status, bound: float) -> str:
+    """How close the largest L1 growth is to the guard's bound, in edits at the recent rate."""
+    from assistant.state.l1 import edits_left
+
+    growth = max((n.growth for n in status.norms), default=0.0)
+    left = edits_left(status.growth_history, bound)
+    rate = "" if left is None else f"; about {left:.0f} more edit(s) at the recent rate"
+    return f"L1 room: largest growth {growth:.2%} of the guard's bound {bound:.2%}{rate}"
 
 
 def _stream_to_stdout(editor, question: str, chat) -> None:

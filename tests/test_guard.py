@@ -13,7 +13,8 @@ from updater_fixtures import home  # noqa: F401
 from assistant.config import GuardConfig, load_config
 from assistant.evaluation.drift import Probe, coarse_kl, measure_drift, reference
 from updater.apply import apply_approved
-from updater.guard import Guard, GuardFigures, Verdict, edits_left, judge
+from assistant.state.l1 import edits_left
+from updater.guard import Guard, GuardFigures, Verdict, judge
 from updater.queue import EditQueue
 
 WHO = "ada"
@@ -170,3 +171,20 @@ def test_a_batch_over_the_l1_bound_is_rejected_by_the_real_figures(open_engine, 
     outcome = apply_approved(editor, queue, guard=guard)
     assert list(outcome.rejected) == ids and editor.generation == 0 and editor.edits() == []
     assert "L1 growth" in outcome.rejected[ids[0]] and "> 0.00%" in outcome.rejected[ids[0]]
+
+
+def test_status_says_how_much_l1_room_is_left_at_the_recent_rate(open_engine, new_fact, capsys, livedit_dirs):
+    from assistant.state.ledger import read_status
+    from livedit.cli import main
+
+    editor = open_engine("llama")
+    for index in range(3):
+        editor.apply([new_fact(index)])
+    editor.close()
+    history = read_status(livedit_dirs["state"]).growth_history
+    assert [edits for edits, _ in history] == [1, 2, 3]
+    bound = 2 * history[-1][1]
+    assert main(["-q", "--set", f"guard.max_l1_growth={bound}", "status"]) == 0
+    expected = edits_left(history, bound)
+    assert expected == pytest.approx((bound - history[-1][1]) / ((history[-1][1] - history[0][1]) / 2))
+    assert f"about {expected:.0f} more edit(s) at the recent rate" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from assistant.config import Config
 from assistant.errors import ConfigError, LiveditError
 from assistant.evaluation.drift import measure_drift
 from assistant.evaluation.metrics import answer_contains
+from assistant.state.l1 import edits_left
 from assistant.state.migrations import Migration, now
 from updater.apply import apply_approved
 from updater.database import Database, write_transaction
@@ -161,9 +162,13 @@ class JobRunner:
         guard = self.guard if self.queue.list(state="approved") else None
         outcome = apply_approved(self.editor, self.queue, who=who, progress=self._report("apply"), stop=self.stop,
                                  guard=guard)
+        status = self.editor.status()
+        left = edits_left(status.growth_history, self.config.guard.max_l1_growth)
         return {"applied": len(outcome.applied), "failed": len(outcome.failed), "rejected": len(outcome.rejected),
                 "settled": len(outcome.settled), "generation": self.editor.generation,
-                "commits": self.editor.generation - before}, outcome.stopped
+                "commits": self.editor.generation - before,
+                "max_l1_growth": max((n.growth for n in status.norms), default=0.0),
+                "edits_left_at_recent_rate": None if left is None else round(left)}, outcome.stopped
 
     def _verify(self, who: str) -> tuple[dict, bool]:
         """Re-ask a sample of applied edits on the served model; one that no longer shows is

@@ -20,3 +20,18 @@ def layer_norms(layer: int, W: torch.Tensor, W0: torch.Tensor) -> LayerNorms:
     base = W0.abs().mean().item()
     current = W.abs().mean().item()
     return LayerNorms(layer, current, current / base - 1.0, (W - W0).abs().mean().item())
+
+
+def edits_left(growth_history: list[tuple[int, float]], bound: float, recent: int = 5) -> float | None:
+    """How many more edits fit under ``bound`` at the recent rate of L1 growth per edit.
+
+    ``growth_history``: (active edits, largest L1 growth) after each generation, oldest first.
+    None when the rate cannot be told yet (fewer than two points, or no growth)."""
+    points = growth_history[-(recent + 1):]
+    if len(points) < 2:
+        return None
+    (edits0, growth0), (edits1, growth1) = points[0], points[-1]
+    if edits1 <= edits0 or growth1 <= growth0:
+        return None
+    rate = (growth1 - growth0) / (edits1 - edits0)
+    return max(bound - growth1, 0.0) / rate

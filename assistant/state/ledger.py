@@ -76,6 +76,7 @@ class StateStatus:
     generation: int
     edits: list[EditRecord]
     norms: list[LayerNorms]            # the L1 figures recorded with the current generation
+    growth_history: list[tuple[int, float]] = ()    # (active edits, largest L1 growth) per generation
 
     @property
     def active(self) -> list[EditRecord]:
@@ -129,7 +130,8 @@ class Ledger:
 
     def status(self, folder: Path) -> StateStatus:
         generation = self.current_generation()[0]
-        return StateStatus(Path(folder), self.meta().get("method"), generation, self.edits(), self.norms_at(generation))
+        return StateStatus(Path(folder), self.meta().get("method"), generation, self.edits(), self.norms_at(generation),
+                           self.growth_history())
 
     # -- meta ------------------------------------------------------------------------------
     def meta(self) -> dict:
@@ -203,6 +205,12 @@ class Ledger:
         rows = self.conn.execute("SELECT layer, mean_abs, growth, mean_abs_delta FROM l1_history "
                                  "WHERE generation = ? ORDER BY layer", (generation,))
         return [LayerNorms(row["layer"], row["mean_abs"], row["growth"], row["mean_abs_delta"]) for row in rows]
+
+    def growth_history(self) -> list[tuple[int, float]]:
+        """(active edits, largest L1 growth over the layers) after each generation, oldest first."""
+        rows = self.conn.execute("SELECT MAX(active_edits), MAX(growth) FROM l1_history "
+                                 "GROUP BY generation ORDER BY generation")
+        return [(int(edits), float(growth)) for edits, growth in rows]
 
     def l1_history(self) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM l1_history ORDER BY generation, layer")
