@@ -5,6 +5,7 @@ import torch
 
 from assistant.model.architectures import get_module
 from assistant.editing.closed_form import d4s_delta
+from assistant.errors import StateError
 from assistant.facts import make_fact
 from assistant.evaluation.metrics import completion_nll
 from assistant.model.loading import load_model
@@ -274,3 +275,107 @@ def test_facts_with_a_question_edit_the_chat_layers(model, open_engine, make_con
     restarted = open_engine(model, layers=[0], chat_layers=[1, 2], loaded=load_model(make_config(model)))
     for layer, W_after in restarted_weights.items():
         assert torch.equal(restarted.current_weights()[layer], W_after)
+
+
+# -- the engine API: solve_candidate, commit, discard, base_shadow ----------------------------
+def assert_committed_state_is(editor, before: dict) -> None:
+    """The served weights and the durable state are as in ``before`` (the shadow may differ)."""
+    for layer in editor.layers:
+        assert torch.equal(editor.current_weights()[layer], before["served"][layer]), f"served layer {layer} changed"
+    assert [(e.id, e.fact, e.status) for e in editor.edits()] == before["edits"]
+    assert editor.generation == before["generation"]
+    assert sorted(p.name for p in editor.sums_dir.iterdir()) == before["files"]
+    assert len(editor.l1_history()) == before["l1_rows"]
+    for name, tensor in before["sums"].items():
+        assert torch.equal(editor.sums.tensors[name], tensor), f"sums {name} changed"
+
+
+def test_a_candidate_lives_on_the_shadow_until_discarded(open_engine, new_fact, inspect):
+    editor = open_engine()
+    editor.apply([new_fact(0)])
+    before = inspect.snapshot(editor)
+    candidate = editor.solve_candidate([new_fact(1), new_fact(0, target="Rome")])
+
+    assert_committed_state_is(editor, before)
+    assert candidate.generation == 1 and candidate.ended == {1: "superseded"}
+    assert [e.fact for e in candidate.edits] == [new_fact(1), new_fact(0, target="Rome")]
+    shadow = editor.shadow_weights()
+    for layer in editor.layers:
+        assert torch.equal(shadow[layer], candidate.weights[layer])
+        assert inspect.relative_error(shadow[layer], before["served"][layer]) > 1e-4, f"layer {layer} not solved"
+
+    editor.discard(candidate)
+    inspect.assert_unchanged(editor, before)          # the shadow is the served model again
+    for stale_use in (editor.commit, editor.discard):
+        with pytest.raises(StateError, match="not the pending one"):
+            stale_use(candidate)
+    inspect.assert_unchanged(editor, before)
+    assert editor.apply([new_fact(1)]).edit_ids == [2]      # the editor is free again
+
+
+def test_commit_gives_what_apply_gives(open_engine, facts, inspect, livedit_dirs):
+    editor = open_engine(state_dir=livedit_dirs["state"] / "api")
+    candidate = editor.solve_candidate(facts[:3])
+    assert editor.commit(candidate) == [1, 2, 3]
+    applied = open_engine(state_dir=livedit_dirs["state"] / "apply")
+    assert applied.apply(facts[:3]).edit_ids == [1, 2, 3]
+
+    assert editor.generation == applied.generation == 1
+    assert [(e.fact, e.status) for e in editor.edits()] == [(e.fact, e.status) for e in applied.edits()]
+    served, shadow, reference = editor.current_weights(), editor.shadow_weights(), applied.current_weights()
+    for layer in editor.layers:
+        assert torch.equal(served[layer], candidate.weights[layer]) and torch.equal(shadow[layer], served[layer])
+        assert torch.equal(served[layer], reference[layer])
+    for name, tensor in applied.sums.tensors.items():
+        assert torch.equal(editor.sums.tensors[name], tensor)
+    assert [row["mean_abs"] for row in editor.l1_history()] == [row["mean_abs"] for row in applied.l1_history()]
+    with pytest.raises(StateError, match="not the pending one"):     # a candidate commits once
+        editor.commit(candidate)
+
+
+def test_a_stale_candidate_is_refused(open_engine, new_fact, inspect, make_config):
+    editor = open_engine()
+    before = inspect.snapshot(editor)
+    candidate = editor.solve_candidate([new_fact(0)])
+    other = open_engine(loaded=load_model(make_config()))        # another process on the same state
+    (other_id,) = other.apply([new_fact(1)]).edit_ids
+
+    with pytest.raises(StateError, match="the state moved on since this candidate was solved"):
+        editor.commit(candidate)
+    for layer in editor.layers:                                  # this editor still serves what it had
+        assert torch.equal(editor.current_weights()[layer], before["served"][layer])
+        assert torch.equal(editor.shadow_weights()[layer], before["served"][layer])
+    assert [(e.id, e.fact) for e in editor.edits()] == [(other_id, new_fact(1))]   # only the other one's edit
+    assert editor.generation == 1 and sorted(p.name for p in editor.sums_dir.iterdir()) == ["gen-000001.safetensors"]
+
+
+def test_one_candidate_at_a_time(open_engine, new_fact, inspect):
+    editor = open_engine()
+    editor.apply([new_fact(0)])
+    before = inspect.snapshot(editor)
+    candidate = editor.solve_candidate([new_fact(1)])
+    pending_shadow = editor.shadow_weights()
+    for attempt in (lambda: editor.solve_candidate([new_fact(2)]), lambda: editor.apply([new_fact(2)]),
+                    lambda: editor.retract(1), lambda: editor.base_shadow().__enter__()):
+        with pytest.raises(StateError, match="a candidate is pending; commit or discard it first"):
+            attempt()
+    assert_committed_state_is(editor, before)
+    for layer in editor.layers:                          # the pending candidate is untouched
+        assert torch.equal(editor.shadow_weights()[layer], pending_shadow[layer])
+    assert editor.commit(candidate) == [2]
+
+
+def test_base_shadow_is_w0_on_the_shadow_and_then_restored(open_engine, facts, inspect):
+    editor = open_engine()
+    editor.apply(facts[:2])
+    before = inspect.snapshot(editor)
+    with editor.base_shadow() as shadow:
+        assert shadow is editor.shadow
+        for layer in editor.layers:
+            assert torch.equal(editor.shadow_weights()[layer], editor.W0[layer])
+            assert torch.equal(editor.current_weights()[layer], before["served"][layer])   # chat keeps the edits
+    inspect.assert_unchanged(editor, before)
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with editor.base_shadow():
+            raise RuntimeError("inside the block")
+    inspect.assert_unchanged(editor, before)
