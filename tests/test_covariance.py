@@ -1,6 +1,8 @@
 """C = E[k k^T] over the (fake) shared corpora, computed once and cached."""
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +11,8 @@ import assistant.editing.covariance
 from assistant.model.architectures import architecture_of, get_module
 from assistant.model.chat import chat_prompt, chat_transcript
 from assistant.config import CovarianceConfig
-from assistant.editing.covariance import chat_corpus_texts, corpus_texts, load_or_compute, token_sequences
-from assistant.evaluation.datasets import edit_records
+from assistant.corpora import corpus_texts, edit_file_records
+from assistant.editing.covariance import chat_corpus_texts, load_or_compute, token_sequences
 from assistant.errors import ModelNotReady
 from assistant.model.loading import load_model
 
@@ -40,7 +42,7 @@ def test_token_sequences_take_an_equal_share_of_each_corpus(tokenizer, shared_da
 
 def test_chat_corpus_is_zsre_as_finished_chat_turns_from_the_last_record(chat_tokenizer, tokenizer, shared_data_dir,
                                                                          caplog):
-    records = edit_records(shared_data_dir, "zsre")
+    records = edit_file_records(shared_data_dir, "zsre")
     last = records[-1]
     texts = chat_corpus_texts(chat_tokenizer, shared_data_dir)
     assert len(texts) == len(records)
@@ -64,6 +66,41 @@ def test_chat_corpus_skips_records_without_a_question_or_an_answer(chat_tokenize
                {"src": "Where is Rome?", "answers": []}, {"answers": ["Japan"]}, {"src": "Where is Tokyo?"}]
     (tmp_path / "zsre" / "zsre_mend_eval_portability_gpt4.json").write_text(json.dumps(records), encoding="utf-8")
     assert chat_corpus_texts(chat_tokenizer, tmp_path) == ["<|user|>Where is Paris?\n<|assistant|>France\n"]
+
+
+def test_edit_files_are_read_with_clear_errors(shared_data_dir, tmp_path):
+    from assistant.errors import ConfigError
+    from assistant.evaluation.datasets import edit_records
+
+    assert edit_file_records(shared_data_dir, "zsre") == edit_records(shared_data_dir, "zsre")
+    assert edit_records(shared_data_dir, "mqd-yesno") == edit_file_records(shared_data_dir, "counterfact")
+    with pytest.raises(ConfigError, match="unknown edit data file 'mqd-yesno'; choose one of counterfact"):
+        edit_file_records(shared_data_dir, "mqd-yesno")
+    with pytest.raises(ConfigError, match="zsre_mend_eval_portability_gpt4.json is missing; set .paths. shared_data"):
+        edit_file_records(tmp_path, "zsre")
+
+
+LOWER_LAYERS = ("assistant/model", "assistant/editing", "assistant/state")
+UPPER_PACKAGES = ("assistant.evaluation", "updater", "ui", "livedit")
+
+
+def test_the_lower_layers_import_nothing_from_the_upper_ones():
+    """model, editing and state import neither the evaluation nor the updater, the UI or the
+    entry point, not even inside a function."""
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for folder in LOWER_LAYERS:
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                else:
+                    continue
+                found += [f"{path.relative_to(root)}:{node.lineno} imports {name}" for name in names
+                          if any(name == upper or name.startswith(upper + ".") for upper in UPPER_PACKAGES)]
+    assert found == []
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])

@@ -6,7 +6,6 @@ cached under $LIVEDIT_HOME/cache/covariance.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -16,32 +15,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from assistant.config import CovarianceConfig
+from assistant.corpora import corpus_texts, edit_file_records
 from assistant.model.architectures import get_module
 from assistant.model.chat import chat_transcript
-from assistant.config import CovarianceConfig
-from assistant.evaluation.datasets import edit_records
-from assistant.errors import ModelNotReady
 from assistant.model.hooks import capture_inputs, stop_after
 
 log = logging.getLogger(__name__)
 
 
-def corpus_texts(shared_data: Path, name: str) -> list[str]:
-    """The texts of one corpus in shared_data/text."""
-    if name == "wikitext2_raw":
-        path = shared_data / "text" / "wikitext2_raw" / "wiki.test.raw"
-        lines = _read(path).splitlines()
-        return [line.strip() for line in lines if line.strip() and not line.strip().startswith("=")]
-    if name == "me_ppl":
-        path = shared_data / "text" / "me_ppl" / "ME-PPL.json"
-        return [record["Text"].strip() for record in json.loads(_read(path)) if record["Text"].strip()]
-    raise ModelNotReady(f"unknown corpus {name!r}")
-
-
 def chat_corpus_texts(tokenizer, shared_data: Path) -> list[str]:
     """zsRE's questions and answers as finished chat turns, from the file's last record
     back (the zsRE edit benchmarks take their slices from the first records on)."""
-    records = reversed(edit_records(shared_data, "zsre"))
+    records = reversed(edit_file_records(shared_data, "zsre"))
     return [chat_transcript(tokenizer, r["src"], r["answers"][0])
             for r in records if r.get("src") and r.get("answers")]
 
@@ -55,12 +41,6 @@ def corpus_token_ids(tokenizer, shared_data: Path, name: str) -> Iterator[list[i
         texts = [text + "\n" for text in corpus_texts(shared_data, name)]
     for text in texts:
         yield tokenizer(text, add_special_tokens=False).input_ids
-
-
-def _read(path: Path) -> str:
-    if not path.exists():
-        raise ModelNotReady(f"corpus file {path} is missing; set [paths] shared_data or LIVEDIT_SHARED_DATA")
-    return path.read_text(encoding="utf-8")
 
 
 def token_sequences(tokenizer, shared_data: Path, cfg: CovarianceConfig) -> torch.Tensor:

@@ -8,31 +8,23 @@ WikiText-2 text for perplexity, fixed samples of MMLU and SST-2.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from assistant.corpora import EDIT_FILES, edit_file_records
 from assistant.errors import ConfigError
 from assistant.facts import Fact, fact_from_record
 from assistant.evaluation.mqd import KINDS, mqd_fact
 
-EDIT_FILES = {
-    "counterfact": "counterfact/counterfact-edit-dev.json",
-    "qaedit": "qaedit/qaedit-dev.json",
-    "zsre": "zsre/zsre_mend_eval_portability_gpt4.json",
-}
 DATASETS = (*EDIT_FILES, *(f"mqd-{kind}" for kind in KINDS))
 
 
 def edit_records(shared_data: Path, name: str) -> list[dict]:
-    source = EDIT_FILES["counterfact" if name.startswith("mqd-") else name] if name in DATASETS else None
-    if source is None:
+    """The records of a data set's file (the MQD kinds are built from CounterFact's)."""
+    if name not in DATASETS:
         raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    path = shared_data / source
-    if not path.exists():
-        raise ConfigError(f"{path} is missing; set [paths] shared_data or LIVEDIT_SHARED_DATA")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return edit_file_records(shared_data, "counterfact" if name.startswith("mqd-") else name)
 
 
 def load_edit_facts(shared_data: Path, name: str, start: int, count: int, seed: int = 0,
