@@ -120,3 +120,77 @@ def test_livedit_serve_answers_and_stops_cleanly_on_sigterm(tmp_path, make_confi
             process.kill()
     assert process.returncode == 0, output
     assert "livedit: stopped" in output
+
+
+def ask(client, question: str) -> str:
+    history, _ = client.predict(question, [], api_name="/chat")
+    text = history[-1]["content"]
+    return text[0]["text"] if isinstance(text, list) else text
+
+
+def test_eight_chats_during_an_apply_each_get_the_old_or_the_new_answer(tmp_path, make_config, new_fact,
+                                                                        monkeypatch):
+    """Every answer comes from one set of weights: the old model's or the new one's, never a mix."""
+    import sqlite3
+    import threading
+
+    from gradio_client import Client
+
+    from assistant.config import load_config
+    from updater.queue import EditQueue
+
+    monkeypatch.setenv("LIVEDIT_HOME", str(tmp_path / "home"))
+    config_file = tmp_path / "config.toml"
+    write_tiny_config(config_file, make_config)
+    with config_file.open("a", encoding="utf-8") as file:
+        file.write("[guard]\nenabled = false\n[scheduler]\napply_minutes = 0.002\ndetect_minutes = 0.0\n"
+                   "verify_minutes = 0.0\n")
+    facts = [new_fact(0, question=f"What is {new_fact(0).subject} known for?")]      # one batch: one commit
+    questions = [facts[0].question] + [f"What is {new_fact(i).subject} known for?" for i in range(1, 4)]
+    port = _free_port()
+    process = start_serving(str(config_file), port)
+    try:
+        wait_for_answer(port, questions[0])
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        old = {q: ask(client, q) for q in questions}
+        answers, errors, done = [], [], threading.Event()
+
+        def chat(index: int) -> None:
+            own = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            question = questions[index % len(questions)]
+            while not done.is_set():
+                try:
+                    answers.append((question, ask(own, question)))
+                except Exception as error:          # collected and asserted below  # noqa: BLE001
+                    errors.append(error)
+                    return
+
+        threads = [threading.Thread(target=chat, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 120
+        while len(answers) < 8 and not errors and time.monotonic() < deadline:
+            time.sleep(0.05)                        # every client is chatting before the edit arrives
+        with EditQueue.open(load_config(str(config_file))) as queue:
+            for fact in facts:
+                item = queue.propose(fact_id=fact.id, subject=fact.subject, prompt=fact.prompt,
+                                     question=fact.question, new_object=fact.target_new, origin="curator",
+                                     who="ada").item
+                queue.approve(item.id, who="ada")
+        deadline = time.monotonic() + 120
+        with sqlite3.connect(tmp_path / "home" / "queue.sqlite") as conn:
+            while time.monotonic() < deadline and \
+                    conn.execute("SELECT COUNT(*) FROM items WHERE state != 'applied'").fetchone()[0]:
+                time.sleep(0.1)
+        time.sleep(3.0)                             # a few chats on the new weights too
+        done.set()
+        for thread in threads:
+            thread.join(60)
+        new = {q: ask(client, q) for q in questions}
+    finally:
+        process.kill()
+    assert errors == []
+    assert any(old[q] != new[q] for q in questions), "the edits changed no answer; the test would prove nothing"
+    assert len(answers) >= 16
+    thirds = [(q, a) for q, a in answers if a not in (old[q], new[q])]
+    assert thirds == [], f"answers from neither the old nor the new weights: {thirds[:3]}"
