@@ -107,6 +107,19 @@ def test_sigkill_at_several_points_of_an_apply_loses_nothing(tmp_path, make_conf
     assert "approved" in settled.values()             # a kill landed inside a batch, which was rolled back
     assert generations[-1] > 0                         # and others after commits, which were kept
 
+    process = start_serving(config_file, _free_port())              # SIGTERM mid-apply: the batch finishes
+    try:
+        deadline = time.monotonic() + 120
+        while "applying" not in states(queue_file).values() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0 and "livedit: stopped" in output, output
+    assert "applying" not in states(queue_file).values()            # a clean stop leaves nothing half done
+
     process = start_serving(config_file, _free_port())              # the last restart finishes the queue
     try:
         deadline = time.monotonic() + 120
