@@ -70,7 +70,7 @@ def swap_pauses(editor: Editor, facts, commits: int) -> list[float]:
 
 def chat_during_apply(editor: Editor, facts, tokens: int) -> dict:
     idle = chat_speed(editor, tokens)
-    applying, done = threading.Thread(target=lambda: editor.apply(facts, batch_size=len(facts))), []
+    applying = threading.Thread(target=lambda: editor.apply(facts, batch_size=len(facts)))
     applying.start()
     busy = []
     while applying.is_alive():
