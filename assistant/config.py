@@ -21,6 +21,8 @@ from assistant.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.toml"
 METHODS = ("d4s", "memit-seq", "memit")
+# An operations-console user: "name:pbkdf2_sha256$ITERATIONS$SALT$HASH" (ui.auth makes and checks them).
+ADMIN_ENTRY = re.compile(r"[^:\s]{1,64}:pbkdf2_sha256\$\d+\$[0-9a-f]{16,}\$[0-9a-f]{64}")
 
 
 def _help(text: str, default):
@@ -223,6 +225,23 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class UIConfig:
+    admins: list = _help("operations-console users as \"name:HASH\" (HASH from `livedit ui hash-password`; "
+                         "plain-text passwords are refused); empty: the console lets no one in", [])
+    max_message_chars: int = _help("longest chat question or correction a user may send", 2000)
+    history_turns: int = _help("earlier question-answer turns of the conversation the model sees", 3)
+
+    def __post_init__(self):
+        for entry in self.admins:
+            if not isinstance(entry, str) or not ADMIN_ENTRY.fullmatch(entry):
+                shown = entry.split(":", 1)[0] if isinstance(entry, str) else repr(entry)
+                raise ConfigError(f"[ui] admins: the entry for {shown!r} is not \"name:HASH\" with a hash from "
+                                  "`livedit ui hash-password` (never a plain-text password)")
+        if not 20 <= self.max_message_chars <= 20000 or not 0 <= self.history_turns <= 20:
+            raise ConfigError("[ui] max_message_chars must be in 20..20000 and history_turns in 0..20")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -232,6 +251,7 @@ class Config:
     updater: UpdaterConfig = field(default_factory=UpdaterConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
 
     def replace(self, section: str, **changes) -> "Config":
         """A copy with some keys of one section changed (validated again)."""

@@ -1,52 +1,38 @@
-"""The web page `livedit serve` shows: a chat with the live edited model.
+"""The web app `livedit serve` runs: the chat at / for everyone, the operations console at
+/admin behind a login (users from ``[ui] admins``, hashed passwords).
 
-``build_app(services)`` returns the Blocks; importing this module launches nothing. The
-callbacks are plain generator functions over ``services`` so tests can call them.
+``build_app(services)`` is the chat page and ``build_console(services)`` the console, each a
+``gr.Blocks`` whose callbacks are plain functions over ``services``; ``build_server`` mounts
+both on one FastAPI app. Importing this module launches nothing.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from assistant.errors import LiveditError
+from ui.auth import login_check
+from ui.chat import MAX_QUESTION_CHARS, build_chat, respond  # noqa: F401  (the chat's callbacks live there)
+from ui.console_page import build_console
 
-MAX_QUESTION_CHARS = 2000
-
-
-def respond(services, question: str, history: list[dict]):
-    """Stream one answer into the chat history (a list of role/content messages)."""
-    question = (question or "").strip()
-    if not question:
-        yield history, ""
-        return
-    if len(question) > MAX_QUESTION_CHARS:
-        note = f"Please keep a question under {MAX_QUESTION_CHARS} characters (this one has {len(question)})."
-        yield history + [{"role": "assistant", "content": note}], question
-        return
-    history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-    try:
-        for text in services.chat(question):
-            history[-1] = {"role": "assistant", "content": text}
-            yield history, ""
-    except LiveditError as error:
-        history[-1] = {"role": "assistant", "content": f"⚠️ {error}"}
-        yield history, ""
-
-
-def status_text(services) -> str:
-    progress = services.progress
-    share = "" if progress.fraction is None else f" ({progress.fraction:.0%})"
-    return f"**{progress.stage}**: {progress.message}{share}"
+NO_ADMINS = ("No console users are configured: add one to [ui] admins in config.toml "
+             "(`livedit ui hash-password NAME` prints the entry).")
 
 
 def build_app(services) -> gr.Blocks:
-    with gr.Blocks(title="livedit") as app:
-        gr.Markdown("# livedit\nA chat assistant that keeps learning corrections while it serves.")
-        status = gr.Markdown(status_text(services))
-        chatbot = gr.Chatbot(label="Chat", height=480, feedback_options=None)
-        question = gr.Textbox(label="Your question", placeholder="Ask something, then press Enter",
-                              max_length=MAX_QUESTION_CHARS)
-        question.submit(lambda q, h: (yield from respond(services, q, h)), [question, chatbot],
-                        [chatbot, question], api_name="chat")
-        gr.Timer(2.0).tick(lambda: status_text(services), None, status, api_name=False)
-    return app
+    """The chat page (open to everyone)."""
+    return build_chat(services, limit=services.config.ui.max_message_chars)
+
+
+def build_server(services):
+    """One FastAPI app: the console at /admin (login required for the page and every endpoint),
+    then the chat at /."""
+    from fastapi import FastAPI
+
+    admins = services.config.ui.admins
+    server = FastAPI()
+    console = build_console(services).queue(default_concurrency_limit=2)
+    server = gr.mount_gradio_app(server, console, path="/admin", auth=login_check(admins),
+                                 auth_message="livedit operations console" if admins else NO_ADMINS,
+                                 ssr_mode=False, footer_links=["api"])
+    chat = build_app(services).queue(default_concurrency_limit=8)
+    return gr.mount_gradio_app(server, chat, path="", ssr_mode=False, footer_links=["api"])

@@ -123,6 +123,34 @@ def stream_answer(model, tokenizer, question: str, max_new_tokens: int = 48, sys
     that takes longer than ``stall_seconds`` (waiting for the weights does not count) raises
     GenerationStalled; either way, and when the reader stops early, the generation stops."""
     inputs = _generation_inputs(model, tokenizer, question, system_prompt)
+    yield from _stream(model, tokenizer, inputs, max_new_tokens, reading, stall_seconds)
+
+
+def conversation_prompt(tokenizer, messages: list[dict], system_prompt: str = "") -> str:
+    """The text the model sees before its next answer in a conversation of role/content
+    messages (user and assistant turns, the last one the user's)."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] in ("user", "assistant")]
+    if getattr(tokenizer, "chat_template", None):
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        return tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=False)
+    text = ""
+    for turn in turns:
+        text += f"Question: {turn['content']}\n" if turn["role"] == "user" else f"Answer: {turn['content']}\n"
+    return text + "Answer:"
+
+
+def stream_conversation(model, tokenizer, messages: list[dict], max_new_tokens: int = 48, system_prompt: str = "",
+                        reading: Callable[[], ContextManager] | None = None,
+                        stall_seconds: float = 60.0) -> Iterator[str]:
+    """stream_answer over a multi-turn conversation: the next answer to ``messages``."""
+    ids = encode_chat_prompt(tokenizer, conversation_prompt(tokenizer, messages, system_prompt))
+    input_ids = torch.tensor([ids], device=next(model.parameters()).device)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    yield from _stream(model, tokenizer, inputs, max_new_tokens, reading, stall_seconds)
+
+
+def _stream(model, tokenizer, inputs: dict, max_new_tokens: int, reading: Callable[[], ContextManager] | None,
+            stall_seconds: float) -> Iterator[str]:
     pieces, cancel = _Pieces(tokenizer), threading.Event()
 
     def run():
