@@ -118,7 +118,7 @@ def status_markdown(status) -> str:
     """One line about a correction's state (escaped)."""
     if status is None:
         return NOTHING
-    text = f"**Correction #{status.item_id}** → {shown(status.new_object)}: {shown(status.label)}"
+    text = f"**Correction #{status.item_id}** ({shown(status.new_object)}): {shown(status.label)}"
     return text + (f" ({shown(status.reason)})" if status.reason else "")
 
 
@@ -151,9 +151,9 @@ def poll_status(services, item_id) -> str:
 def start_text(services) -> str:
     progress = services.progress
     if progress.ready:
-        return f"✅ {shown(progress.message)}"
+        return f"Ready: {shown(progress.message)}"
     share = "" if progress.fraction is None else f" ({progress.fraction:.0%})"
-    return f"⏳ **{shown(progress.stage)}**: {shown(progress.message)}{share}"
+    return f"Starting, **{shown(progress.stage)}**: {shown(progress.message)}{share}"
 
 
 # -- the API for programmatic clients ----------------------------------------------------------
@@ -191,7 +191,7 @@ def build_chat(services, limit: int = MAX_QUESTION_CHARS) -> gr.Blocks:
     with gr.Blocks(title="livedit") as page:
         with gr.Row():
             gr.Markdown("# livedit\nA chat assistant that keeps learning corrections while it serves. "
-                        "👎 an answer to correct it.")
+                        "Dislike an answer to correct it.")
             gr.Markdown("[Operations console →](/admin/)", elem_id="console-link")
         status = gr.Markdown(start_text(services), elem_id="start-status")
         chatbot = gr.Chatbot(label="Chat", height=420, feedback_options=("Like", "Dislike"), elem_id="chat")

@@ -1,8 +1,9 @@
 """The operations console (mounted at /admin behind a login): Knowledge, Queue, History, Health.
 
 Every callback is a plain function over ``services`` and the acting user's name; the
-``build_console`` closures only hand them the inputs. Tables are lists of plain strings
-(HTML escaped), so a fact or correction holding ``<script>`` shows as text here too.
+``build_console`` closures only hand them the inputs. Markdown gets every value HTML escaped;
+tables hold plain strings, which the Dataframe shows as characters: a fact or correction
+holding ``<script>`` shows as text here too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def esc(value) -> str:
 
 
 def table(rows: list[list], headers: list[str]) -> pd.DataFrame:
-    return pd.DataFrame([[esc(v) for v in row] for row in rows], columns=headers)
+    """A table of plain strings; the Dataframe shows a cell's characters as they are (never as HTML)."""
+    return pd.DataFrame([["" if v is None else str(v) for v in row] for row in rows], columns=headers)
 
 
 def failure(error: LiveditError) -> str:
@@ -200,11 +202,11 @@ def l1_frame(services) -> pd.DataFrame:
     services.require_ready()
     history = services.editor.l1_history()
     bound = services.config.guard.max_l1_growth * 100
-    rows = [{"generation": h["generation"], "L1 growth (%)": h["growth"] * 100, "line": f"layer {h['layer']}"}
+    rows = [{"generation": int(h["generation"]), "growth_pct": float(h["growth"]) * 100, "line": f"layer {h['layer']}"}
             for h in history]
     generations = sorted({r["generation"] for r in rows})
-    rows += [{"generation": g, "L1 growth (%)": bound, "line": "guard bound"} for g in generations]
-    return pd.DataFrame(rows, columns=["generation", "L1 growth (%)", "line"])
+    rows += [{"generation": g, "growth_pct": bound, "line": "guard bound"} for g in generations]
+    return pd.DataFrame(rows, columns=["generation", "growth_pct", "line"])
 
 
 def history_view(services) -> tuple:

@@ -14,7 +14,8 @@ from assistant.errors import LiveditError
 from ui import console as c
 from ui.chat import who_of
 
-LINE_PLOT = {"x": "generation", "y": "L1 growth (%)", "color": "line"}
+LINE_PLOT = {"x": "generation", "y": "growth_pct", "color": "line", "x_title": "generation",
+             "y_title": "L1 growth over W0 (%)"}
 
 
 def admin_api(services):
@@ -115,7 +116,7 @@ def _history_tab(page: gr.Blocks, services) -> None:
     reload = gr.Button("Reload", size="sm")
     note = gr.Markdown()
     gr.Markdown("### L1 growth of each edited layer over the generations, against the guard's bound")
-    plot = gr.LinePlot(x=LINE_PLOT["x"], y=LINE_PLOT["y"], color=LINE_PLOT["color"], height=300, elem_id="l1-plot")
+    plot = gr.LinePlot(**LINE_PLOT, height=300, elem_id="l1-plot", label="L1 growth")
     gr.Markdown("### Edits")
     edits = gr.Dataframe(headers=c.EDIT_HEADERS, datatype="str", interactive=False, wrap=True, elem_id="edits")
     gr.Markdown("### The guard's decisions")
@@ -123,7 +124,7 @@ def _history_tab(page: gr.Blocks, services) -> None:
                              elem_id="decisions")
     gr.Markdown("### Retract an edit")
     with gr.Row():
-        edit_id = gr.Number(label="Edit id", precision=0, elem_id="retract-id")
+        edit_id = gr.Number(label="Edit id", value=None, precision=0, elem_id="retract-id")
         ask = gr.Button("Retract…", variant="stop")
     question = gr.Markdown(elem_id="retract-question")
     with gr.Group(visible=False) as confirm:
