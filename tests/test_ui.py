@@ -221,7 +221,7 @@ def test_console_approves_applies_with_progress_shows_history_and_retracts(make_
         outcome = console.apply_now(services, "cur", lambda done, total, text: reports.append((done, total)))
         assert "1 applied" in outcome and reports[0] == (0, 1) and reports[-1] == (1, 1)
         assert services.correction_status(status.item_id).state == "applied"
-        edits, frame, decisions, note = console.history_view(services)
+        edits, frame, _, note = console.history_view(services)
         edit_id = int(edits["edit"].iloc[0])
         assert note == "" and edits["object"].tolist() == ["Maria Okafor"]
         assert set(frame["line"]) == {"layer 1", "layer 2", "guard bound"}
@@ -262,7 +262,11 @@ def test_decisions_table_shows_the_guards_figures(services):
 
 
 def test_stream_conversation_sees_the_earlier_turns(make_config, livedit_dirs):
-    from assistant.model.chat import conversation_prompt, stream_answer, stream_conversation
+    from assistant.model.chat import (
+        conversation_prompt,
+        stream_answer,
+        stream_conversation,
+    )
     from assistant.model.loading import load_model
 
     loaded = load_model(make_config("llama"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 SCHEME = "pbkdf2_sha256"
 ITERATIONS = 240_000

@@ -99,7 +99,7 @@ def _queue_tab(page: gr.Blocks, services) -> None:
             return c.decide(services, who_of(request), i, approving, w, e)
         return run
 
-    def apply_with_progress(request: gr.Request, progress=gr.Progress()):
+    def apply_with_progress(request: gr.Request, progress=gr.Progress()):  # noqa: B008  (Gradio's idiom)
         return c.apply_now(services, who_of(request), lambda done, total, text: progress((done, total), desc=text))
 
     for event in (view.change, reload.click):
@@ -127,22 +127,21 @@ def _history_tab(page: gr.Blocks, services) -> None:
         edit_id = gr.Number(label="Edit id", value=None, precision=0, elem_id="retract-id")
         ask = gr.Button("Retract…", variant="stop")
     question = gr.Markdown(elem_id="retract-question")
-    with gr.Group(visible=False) as confirm:
-        with gr.Row():
-            yes = gr.Button("Yes, retract it", variant="stop", elem_id="retract-yes")
-            no = gr.Button("Cancel")
+    with gr.Group(visible=False) as confirm, gr.Row():
+        yes = gr.Button("Yes, retract it", variant="stop", elem_id="retract-yes")
+        no = gr.Button("Cancel")
 
     def show():
         return c.history_view(services)
 
-    def retract(i, request: gr.Request):
+    def retract_confirmed(i, request: gr.Request):
         return c.retract(services, who_of(request), i)
 
     outputs = [edits, plot, decisions, note]
     reload.click(show, None, outputs, api_visibility="private")
     page.load(show, None, outputs, api_visibility="private")
     ask.click(lambda i: c.ask_retract(services, i), edit_id, [question, confirm], api_visibility="private")
-    yes.click(retract, edit_id, [question, confirm], api_visibility="private").then(
+    yes.click(retract_confirmed, edit_id, [question, confirm], api_visibility="private").then(
         show, None, outputs, api_visibility="private")
     no.click(lambda: ("", gr.update(visible=False)), None, [question, confirm], api_visibility="private")
 
