@@ -35,7 +35,9 @@ setup: $(STAMP)
 serve: setup
 	$(BIN)/livedit serve
 
+# The browser end-to-end test drives Debian's Chromium (Playwright cannot download a browser here).
 test: setup
+	command -v chromium || (apt-get update && apt-get install -y chromium)
 	$(BIN)/python -m pytest -q -rs
 
 unit: setup
