@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import torch
+
 from assistant.config import Config, load_config, with_overrides
 from assistant.evaluation.bench import environment as bench_environment
 from assistant.evaluation.bench import write_json  # noqa: F401  (the scripts' one writer of results)
@@ -21,7 +23,18 @@ def load_slice(config: Config, name: str, start: int, count: int) -> list[Fact]:
 
 
 def configured(overrides: list[str]) -> Config:
-    return with_overrides(load_config(), overrides)
+    """The config with the overrides, and the process set up by it: every script starts here."""
+    config = with_overrides(load_config(), overrides)
+    set_up_process(config)
+    return config
+
+
+def set_up_process(config: Config) -> None:
+    """What the library leaves to entry points: torch's CPU threads ([model] threads) and
+    matplotlib's file-only backend."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    if config.model.threads:
+        torch.set_num_threads(config.model.threads)
 
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,21 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _set_up_process(args) -> None:
-    """The process-wide settings that libraries must not change on import: logging,
-    offline hubs, and torch's CPU threads."""
+    """The process-wide settings that libraries must not change: logging, offline hubs,
+    matplotlib's file-only backend, and torch's CPU threads ([model] threads of args.config)."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MPLBACKEND", "Agg")         # plots are only written to files
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if args.config.model.threads:
+        import torch                                    # only then: most commands never load torch
+        torch.set_num_threads(args.config.model.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _set_up_process(args)
     try:
         args.config = build_config(args.config_file, args.set, args.model)
+        _set_up_process(args)
         args.run(args)
     except LiveditError as error:
         print(f"livedit: error: {error}", file=sys.stderr)

@@ -1,14 +1,20 @@
 """`livedit bench` on a tiny random Llama: checkpoints, resuming, MQD data and the report."""
 
 import json
+import math
+import statistics
 
 import pytest
 
+from assistant.editing.editor import Editor
 from assistant.evaluation.bench import BenchPlan, run_bench
 from assistant.evaluation.report import changed_layers, mean_growth, model_perspective, write_report
 from livedit.cli import main
-from assistant.evaluation.datasets import load_edit_facts, mmlu_items, sst2_items
+from assistant.evaluation.datasets import edit_records, heldout_text, load_edit_facts, mmlu_items, sst2_items
+from assistant.evaluation.metrics import choice_accuracy, counterfact_scores, perplexity
 from assistant.errors import ConfigError
+from assistant.facts import fact_from_record
+from assistant.model.loading import load_model
 
 SMALL = dict(count=4, batch_size=2, every=2, general_items=6, heldout_lines=10, fluency_prompts=2, fluency_tokens=8)
 
@@ -31,7 +37,7 @@ def test_bench_checkpoints_every_k_edits_and_resumes(make_config, tmp_path):
         run_bench(config, plan, tmp_path / "out", tmp_path / "state", report=stop_after_first_batch)
     partial = json.loads((tmp_path / "out" / f"{plan.name}.json").read_text())
     assert [p["edits"] for p in partial["checkpoints"]] == [0]
-    assert partial["edit_seconds"] > 0 or partial["checkpoints"]
+    assert partial["edit_seconds"] > 0                                   # the first batch's time was saved
 
     results = run_bench(config, plan, tmp_path / "out", tmp_path / "state", report=seen.append)
     assert [p["edits"] for p in results["checkpoints"]] == [0, 2, 4]     # the interrupted checkpoint is made up
@@ -39,12 +45,15 @@ def test_bench_checkpoints_every_k_edits_and_resumes(make_config, tmp_path):
     last = results["checkpoints"][-1]
     for key in ("efficacy", "paraphrase", "neighborhood", "perplexity", "fluency", "mmlu", "sst2"):
         assert isinstance(last[key], float), key
-    assert last["perplexity"] > 1 and 0 <= last["mmlu"] <= 1
     assert set(last["l1_growth"]) == {"1", "2"} and max(last["l1_growth"].values()) > 0
     assert results["checkpoints"][0]["l1_growth"] == {"1": 0.0, "2": 0.0}
     assert last["seconds_per_edit"] > 0
     assert len(results["target_perplexity"]["per_fact"]) == 4
     assert results["covariance"]["corpora"] == config.covariance.corpora   # which C the run edited with
+    facts = load_edit_facts(config.paths.shared_data_dir(), "counterfact", 0, 4)
+    assert_measured(results["checkpoints"][0], *unedited(config), config, facts, facts, plan)
+    with Editor.open(config, state_dir=tmp_path / "state", progress=False) as editor:   # the model after 4 edits
+        assert_measured(last, editor.model, editor.tokenizer, config, facts, facts, plan)
 
     again = run_bench(config, plan, tmp_path / "out", tmp_path / "state", report=lambda text: None)
     assert again["checkpoints"] == results["checkpoints"]                 # finished: nothing more to do
@@ -59,7 +68,36 @@ def test_bench_checkpoints_every_k_edits_and_resumes(make_config, tmp_path):
     for png in ("metrics.png", "l1.png", "model-perspective.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     view = model_perspective(results)
-    assert view["points"] == 2 and -1 <= view["pearson"] <= 1 or view["pearson"] != view["pearson"]
+    edited = results["checkpoints"][1:]
+    growth = [statistics.fmean(p["l1_growth"].values()) for p in edited]    # both layers change with every batch
+    efficacy = [p["efficacy"] for p in edited]
+    assert view["points"] == 2 and view["efficacy"] == efficacy and view["growth"] == pytest.approx(growth)
+    if len(set(efficacy)) > 1:                     # two points: r is +1 or -1, the sign of the joint change
+        assert view["pearson"] == pytest.approx(statistics.correlation(growth, efficacy))
+    else:                                          # a constant side has no correlation
+        assert math.isnan(view["pearson"]) and math.isnan(view["spearman"])
+
+
+def unedited(config) -> tuple:
+    loaded = load_model(config)
+    return loaded.model, loaded.tokenizer
+
+
+def assert_measured(point: dict, model, tokenizer, config, facts, probes, plan: BenchPlan) -> None:
+    """A checkpoint's figures are this model's, computed directly: efficacy and paraphrase on
+    the run's facts, neighbourhood specificity on ``probes``, and the general tasks."""
+    shared = config.paths.shared_data_dir()
+    edits, hood = counterfact_scores(model, tokenizer, facts), counterfact_scores(model, tokenizer, probes)
+    assert (point["efficacy"], point["paraphrase"], point["efficacy_magnitude"]) == pytest.approx(
+        (edits.efficacy, edits.paraphrase, edits.efficacy_magnitude))
+    assert (point["neighborhood"], point["neighborhood_magnitude"]) == pytest.approx(
+        (hood.neighborhood, hood.neighborhood_magnitude))
+    assert point["perplexity"] == pytest.approx(perplexity(model, tokenizer, heldout_text(shared, plan.heldout_lines)))
+    for task, items in (("mmlu", mmlu_items(shared, plan.general_items, plan.seed)),
+                        ("sst2", sst2_items(shared, plan.general_items, plan.seed))):
+        right = choice_accuracy(model, tokenizer, [i.prompt for i in items], [list(i.options) for i in items],
+                                [i.answer for i in items])
+        assert point[task] == pytest.approx(right), task
 
 
 def test_growth_summaries_leave_out_tracked_layers_no_edit_changed():
@@ -74,11 +112,18 @@ def test_growth_summaries_leave_out_tracked_layers_no_edit_changed():
 
 
 def test_mqd_runs_score_neighbourhood_on_the_counterfact_twins(make_config, tmp_path):
+    config = make_config("llama")
     plan = BenchPlan(method="memit-seq", dataset="mqd-yesno", **{**SMALL, "count": 2})
-    results = run_bench(make_config("llama"), plan, tmp_path / "out", tmp_path / "state", report=lambda t: None)
+    results = run_bench(config, plan, tmp_path / "out", tmp_path / "state", report=lambda t: None)
     assert [p["edits"] for p in results["checkpoints"]] == [0, 2]
     assert results["plan"]["dataset"] == "mqd-yesno"
-    assert 0 <= results["checkpoints"][-1]["neighborhood"] <= 1
+    shared = config.paths.shared_data_dir()
+    facts = load_edit_facts(shared, "mqd-yesno", 0, 2)
+    twins = [fact_from_record(r) for r in edit_records(shared, "counterfact")[:2]]   # cases 0 and 1 behind them
+    assert [f.id for f in facts] == ["mqd-yesno-0", "mqd-yesno-1"] and not any(f.neighborhood for f in facts)
+    assert_measured(results["checkpoints"][0], *unedited(config), config, facts, twins, plan)
+    with Editor.open(config, state_dir=tmp_path / "state", progress=False) as editor:
+        assert_measured(results["checkpoints"][-1], editor.model, editor.tokenizer, config, facts, twins, plan)
 
 
 def test_data_slices_and_general_samples(livedit_dirs, tokenizer):

@@ -6,9 +6,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from assistant.evaluation import metrics
+from assistant.evaluation.bench import target_perplexity
 from assistant.facts import make_fact
-from assistant.evaluation.metrics import (choice_accuracy, completion_logprobs, completion_nll, counterfact_scores, fluency,
-                               ngram_entropy, option_logprobs, perplexity)
+from assistant.evaluation.metrics import (answer_contains, chat_scores, choice_accuracy, completion_logprobs,
+                                          completion_nll, counterfact_scores, fluency, locality_questions,
+                                          ngram_entropy, option_logprobs, perplexity, same_start)
+from assistant.model.chat import answers
 
 
 class BigramModel(torch.nn.Module):
@@ -132,3 +136,113 @@ def test_option_scores_agree_between_the_one_token_and_the_general_path(tokenize
     expected_general, counts = completion_logprobs(model, tokenizer, prompts, ["Paris France", "Berlin"])
     assert general.tolist() == pytest.approx(expected_general.tolist(), abs=1e-6) and counts.tolist() == [2, 1]
     assert choice_accuracy(model, tokenizer, prompts, options, [1, 1]) == 1.0   # a longer option pays per token
+
+
+def test_target_perplexity_is_the_per_token_perplexity_of_each_new_object(tokenizer):
+    model = bigram(tokenizer, {(" in", " Spain"): 4.0, (" Paris", " France"): 2.0})
+    size = len(tokenizer)
+    facts = [make_fact(id=str(i), subject="Paris", prompt="Paris is located in", target_new=target)
+             for i, target in enumerate(["Spain", "France", "Paris France"])]
+    spain = (math.exp(4.0) + size - 1) / math.exp(4.0)                  # 1 / P(Spain | in)
+    france = math.exp(4.0) + size - 1                                   # 1 / P(France | in)
+    # two tokens: " Paris" after " in" (not preferred), then " France" after " Paris" (logit 2)
+    two = math.exp((math.log(math.exp(4.0) + size - 1) + math.log(math.exp(2.0) + size - 1) - 2.0) / 2)
+    result = target_perplexity(model, tokenizer, facts)
+    assert result["per_fact"] == pytest.approx([spain, france, two], abs=2e-3)        # rounded to 3 decimals
+    assert result["mean"] == pytest.approx((spain + france + two) / 3, rel=1e-5)
+    assert result["median"] == pytest.approx(two, rel=1e-5)
+
+
+def test_answer_contains_whole_normalised_words():
+    assert answer_contains("It is in Paris.", "paris")
+    assert answer_contains("Zürich, of course!", "Zurich")                 # accents and punctuation go
+    assert answer_contains("She plays the piano.", "the piano") and answer_contains("a piano", "The Piano")
+    assert answer_contains("The United States of America", "United States")
+    assert not answer_contains("Parisian food", "Paris")                   # whole words only
+    assert not answer_contains("States United", "United States")           # in order
+    assert not answer_contains("pianos", "piano")
+    assert answer_contains("born in NYC", "New York", aliases=("NYC",))
+    assert not answer_contains("born in NYC", "New York")
+    assert not answer_contains("the answer", "the") and not answer_contains("anything", "")   # nothing to find
+
+
+def test_same_start_compares_the_first_eight_normalised_words():
+    eight = "one two three four five six seven eight"
+    assert same_start(f"{eight} nine", "One, two three four five six seven eight ten!")   # differ at word 9
+    assert not same_start(f"{eight} nine", "one two three four five six seven EIGHTY nine")  # differ at word 8
+    assert not same_start("one two", "one three")
+    assert same_start("Paris.", "the paris") and not same_start("Paris", "Paris France")    # shorter answers
+    assert same_start("one two x", "one two y", words=2) and not same_start("one two x", "one two y", words=3)
+    assert same_start("", "...")
+
+
+def test_locality_questions_are_each_facts_first_neighbour():
+    facts = [make_fact(id="a", subject="Paris", prompt="Paris is in", target_new="Spain",
+                       neighborhood=[("Where is Berlin?", "Germany"), ("Where is Rome?", "Italy")]),
+             make_fact(id="b", subject="Tokyo", prompt="Tokyo is in", target_new="Italy"),
+             make_fact(id="c", subject="Madrid", prompt="Madrid is in", target_new="Japan",
+                       neighborhood=[("Where is Lisbon?", "Portugal")])]
+    assert locality_questions(facts) == ["Where is Berlin?", "Where is Lisbon?"]
+    assert locality_questions([facts[1]]) == []
+
+
+CHAT_FACTS = [
+    make_fact(id="paris", subject="Paris", prompt="Paris is in", target_new="Spain", question="Where is Paris?",
+              paraphrases=["Which country holds Paris?"],
+              neighborhood=[("Where is Berlin?", "Germany"), ("Where is Rome?", "Italy")]),
+    make_fact(id="tokyo", subject="Tokyo", prompt="Tokyo is located in", target_new="Italy",     # no question
+              paraphrases=["Everyone knows Tokyo is in", "Tokyo lies in"],
+              neighborhood=[("Where is Madrid?", "Spain")]),
+    make_fact(id="apple", subject="Apple", prompt="Apple makes", target_new="the piano",
+              question="What does Apple make?"),
+]
+LONG = "Berlin is in Germany, a country in central Europe"
+KNOWN_ANSWERS = {
+    "Where is Paris?": "Paris is in Spain.",                   # efficacy: yes
+    "Tokyo is located in": "Tokyo is in Italy",                # yes (the prompt stands in for the question)
+    "What does Apple make?": "Pianos, mostly.",                # no: "pianos" is not "piano"
+    "Which country holds Paris?": "France.",                   # paraphrase: no
+    "Everyone knows Tokyo is in": "Italy, of course",          # yes (only the first paraphrase is asked)
+    "Where is Berlin?": LONG + " with many lakes.",            # locality: the first 8 words kept
+    "Where is Madrid?": "Madrid is in Italy",                  # changed
+}
+
+
+def test_chat_scores_on_a_table_of_known_answers(monkeypatch):
+    calls = []
+
+    def known(model, tokenizer, questions, max_new_tokens, system_prompt):
+        calls.append((list(questions), max_new_tokens, system_prompt))
+        return [KNOWN_ANSWERS[q] for q in questions]
+
+    monkeypatch.setattr(metrics, "answers", known)
+    before = [LONG + " and old castles.", "Madrid is in Spain"]
+    scores = chat_scores(None, None, CHAT_FACTS, max_new_tokens=12, system_prompt="Be brief.",
+                         locality_before=before)
+    assert (scores.efficacy, scores.paraphrase, scores.locality) == (2 / 3, 1 / 2, 1 / 2)
+    assert scores.answers == [KNOWN_ANSWERS[q] for q in ("Where is Paris?", "Tokyo is located in",
+                                                         "What does Apple make?")]
+    assert scores.paraphrase_answers == ["France.", "Italy, of course"]
+    assert calls == [(["Where is Paris?", "Tokyo is located in", "What does Apple make?"], 12, "Be brief."),
+                     (["Which country holds Paris?", "Everyone knows Tokyo is in"], 12, "Be brief."),
+                     (["Where is Berlin?", "Where is Madrid?"], 12, "Be brief.")]
+    without = chat_scores(None, None, CHAT_FACTS, max_new_tokens=12, system_prompt="Be brief.")
+    assert math.isnan(without.locality) and len(calls) == 5              # no locality questions asked
+
+
+def test_chat_scores_agree_with_greedy_answers_of_a_tiny_llama(llama_dir, chat_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    facts = CHAT_FACTS[:2]
+    questions = [f.question or f.filled_prompt for f in facts]
+    direct = answers(model, chat_tokenizer, questions, 6)
+    para = answers(model, chat_tokenizer, [f.paraphrases[0] for f in facts], 6)
+    unchanged = answers(model, chat_tokenizer, locality_questions(facts), 6)
+    scores = chat_scores(model, chat_tokenizer, facts, max_new_tokens=6, locality_before=unchanged)
+    assert scores.answers == direct and scores.paraphrase_answers == para
+    assert scores.efficacy == sum(answer_contains(a, f.target_new) for a, f in zip(direct, facts)) / 2
+    assert scores.paraphrase == sum(answer_contains(a, f.target_new) for a, f in zip(para, facts)) / 2
+    assert scores.locality == 1.0                                        # the same model answers the same
+    changed = chat_scores(model, chat_tokenizer, facts, max_new_tokens=6, locality_before=["zz", "zz"])
+    assert changed.locality == 0.0

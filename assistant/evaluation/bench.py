@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from assistant.model.chat import encode_chat_prompt, greedy_continuations
+from assistant.model.chat import greedy_continuations
 from assistant.config import METHODS, Config
 from assistant.evaluation.datasets import (DATASETS, ChoiceItem, counterfact_twins, heldout_text, load_edit_facts,
                                 mmlu_items, sst2_items)

@@ -52,8 +52,8 @@ def model_perspective(run: dict) -> dict:
 
 
 def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
+    """pyplot, imported on first use. The backend is the process's choice: the entry points
+    set MPLBACKEND=Agg, and without a display matplotlib picks Agg by itself."""
     import matplotlib.pyplot as plt
     return plt
 

@@ -120,9 +120,7 @@ def fingerprint(path: Path) -> str:
 def load_model(config: Config) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    settings: ModelConfig = config.model
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    settings: ModelConfig = config.model        # [model] threads is the entry point's to apply
     path = model_dir(config)
     dtype = getattr(torch, settings.dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)

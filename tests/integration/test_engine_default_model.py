@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ from assistant.evaluation.datasets import edit_records
 from assistant.editing.editor import Editor
 from assistant.facts import fact_from_record, make_fact
 from assistant.evaluation.metrics import answer_contains, completion_nll
+from livedit.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +73,34 @@ def test_status_and_retract_through_the_cli(edited, cli_env, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "livedit", "--quiet", "--state-dir", str(state),
                           "retract", "999"], capture_output=True, text=True, env=cli_env, timeout=600)
     assert bad.returncode == 2 and "no edit 999" in bad.stderr
+
+
+CHEAP = ["--set", "editing.refine_rounds=0", "--set", "editing.case_variants=false",   # one prompt form:
+         "--set", 'editing.context_prefixes=[""]']                                      # half the CPU time
+
+
+def test_an_edit_made_and_retracted_through_the_cli(real_config, tmp_path, monkeypatch, capsys):
+    """One fact edited with `livedit edit` changes what `livedit ask` answers, and `livedit
+    retract` of that edit brings the original answer back."""
+    monkeypatch.setenv("LIVEDIT_HOME", real_config.paths.home)       # the converted model and covariance cache
+    monkeypatch.delenv("LIVEDIT_STATE_DIR", raising=False)
+    facts = tmp_path / "fact.jsonl"
+    facts.write_text(json.dumps({"id": ASKED.id, "subject": ASKED.subject, "prompt": ASKED.prompt,
+                                 "target_new": ASKED.target_new, "target_true": ASKED.target_true,
+                                 "question": ASKED.question}) + "\n", encoding="utf-8")
+
+    def livedit(*argv: str) -> str:
+        code = main(["-q", "--state-dir", str(tmp_path / "state"), *CHEAP, *argv])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+    original = livedit("ask", ASKED.question)
+    assert not answer_contains(original, "English"), original
+    applied = livedit("edit", "--method", "d4s", "--facts", str(facts))
+    edit_id = int(re.search(r"applied 1 edit\(s\) with d4s: ids (\d+)", applied)[1])
+    edited = livedit("ask", ASKED.question)
+    assert answer_contains(edited, "English"), edited
+    assert f"retracted edit {edit_id}" in livedit("retract", str(edit_id))
+    assert livedit("ask", ASKED.question) == original
+    assert "0 active edit(s), 1 retracted or superseded" in livedit("status")
