@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_apply import approve, queue  # noqa: F401
 from updater_fixtures import home  # noqa: F401
 
 from assistant.config import GuardConfig, load_config
@@ -15,9 +16,7 @@ from assistant.evaluation.drift import Probe, coarse_kl, measure_drift, referenc
 from updater.apply import apply_approved
 from assistant.state.l1 import edits_left
 from updater.guard import Guard, GuardFigures, Verdict, judge
-from updater.queue import EditQueue
 
-WHO = "ada"
 QUESTIONS = ["Where is the Eiffel Tower?", "Who wrote Hamlet?"]
 TEXTS = ["The river flows through the old town and into the sea.", "She plays the violin every evening."]
 BOUNDS = GuardConfig(max_l1_growth=0.05, min_efficacy=0.5, min_agreement=0.9, max_kl=0.2)
@@ -114,21 +113,6 @@ class HarmfulFacts(Guard):
         measured = GuardFigures({n.layer: n.growth for n in candidate.norms}, len(facts), len(facts),
                                 0.5 if harmful else 0.99, 0.01)
         return judge(measured, self.bounds)
-
-
-@pytest.fixture
-def queue(home):
-    with EditQueue.open(load_config()) as opened:
-        yield opened
-
-
-def approve(queue, facts) -> list[int]:
-    ids = []
-    for fact in facts:
-        item = queue.propose(fact_id=fact.id, subject=fact.subject, prompt=fact.prompt, new_object=fact.target_new,
-                             origin="curator", who=WHO).item
-        ids.append(queue.approve(item.id, who=WHO).id)
-    return ids
 
 
 def test_a_passing_batch_is_committed_with_its_decision(open_engine, queue, new_fact):
