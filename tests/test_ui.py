@@ -221,9 +221,11 @@ def test_console_approves_applies_with_progress_shows_history_and_retracts(make_
         outcome = console.apply_now(services, "cur", lambda done, total, text: reports.append((done, total)))
         assert "1 applied" in outcome and reports[0] == (0, 1) and reports[-1] == (1, 1)
         assert services.correction_status(status.item_id).state == "applied"
-        edits, frame, _, note = console.history_view(services)
+        edits, figure, _, note = console.history_view(services)
         edit_id = int(edits["edit"].iloc[0])
         assert note == "" and edits["object"].tolist() == ["Maria Okafor"]
+        assert [line.get_label() for line in figure.axes[0].get_lines()] == ["guard bound", "layer 1", "layer 2"]
+        frame = console.l1_frame(services)
         assert set(frame["line"]) == {"layer 1", "layer 2", "guard bound"}
         assert frame[frame["line"] == "guard bound"]["growth_pct"].tolist() == [config.guard.max_l1_growth * 100]
         question, confirm = console.ask_retract(services, edit_id)

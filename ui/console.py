@@ -209,14 +209,36 @@ def l1_frame(services) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["generation", "growth_pct", "line"])
 
 
+def l1_figure(frame: pd.DataFrame):
+    """The L1 plot: one line with markers per edited layer, the guard's bound dashed."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.2), layout="constrained")
+    axes = figure.add_subplot()
+    for line, points in frame.groupby("line", sort=True):
+        if line == "guard bound":
+            axes.axhline(points["growth_pct"].iloc[0], color="crimson", linestyle="--", label="guard bound")
+        else:
+            axes.plot(points["generation"], points["growth_pct"], marker="o", label=line)
+    axes.set_xlabel("generation")
+    axes.set_ylabel("L1 growth over W0 (%)")
+    axes.grid(alpha=0.3)
+    if len(frame):
+        axes.legend(loc="upper left", fontsize="small", ncols=4)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    else:
+        axes.text(0.5, 0.5, "no edits yet", ha="center", va="center", transform=axes.transAxes)
+    return figure
+
+
 def history_view(services) -> tuple:
-    """(edits, L1 frame, decisions, note)."""
+    """(edits, the L1 plot, decisions, note)."""
     try:
         edits, frame, decisions = edits_table(services), l1_frame(services), decisions_table(services)
     except LiveditError as error:
-        return table([], EDIT_HEADERS), pd.DataFrame(), table([], DECISION_HEADERS), failure(error)
+        return table([], EDIT_HEADERS), None, table([], DECISION_HEADERS), failure(error)
     note = "" if len(edits) else "No edits yet: approve a correction in the Queue and apply it."
-    return edits, frame, decisions, note
+    return edits, l1_figure(frame), decisions, note
 
 
 def ask_retract(services, edit_id) -> tuple[str, dict]:

@@ -14,8 +14,6 @@ from assistant.errors import LiveditError
 from ui import console as c
 from ui.chat import who_of
 
-LINE_PLOT = {"x": "generation", "y": "growth_pct", "color": "line", "x_title": "generation",
-             "y_title": "L1 growth over W0 (%)"}
 
 
 def admin_api(services):
@@ -116,7 +114,7 @@ def _history_tab(page: gr.Blocks, services) -> None:
     reload = gr.Button("Reload", size="sm")
     note = gr.Markdown()
     gr.Markdown("### L1 growth of each edited layer over the generations, against the guard's bound")
-    plot = gr.LinePlot(**LINE_PLOT, height=300, elem_id="l1-plot", label="L1 growth")
+    plot = gr.Plot(label="L1 growth", elem_id="l1-plot")
     gr.Markdown("### Edits")
     edits = gr.Dataframe(headers=c.EDIT_HEADERS, datatype="str", interactive=False, wrap=True, elem_id="edits")
     gr.Markdown("### The guard's decisions")
