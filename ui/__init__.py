@@ -1,1 +1,1 @@
-"""The web UI that `livedit serve` shows: for now a minimal Gradio chat page (app.py, build_app(services))."""
+"""The web app `livedit serve` shows: the chat with feedback and corrections, and the operations console."""

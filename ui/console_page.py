@@ -15,7 +15,6 @@ from ui import console as c
 from ui.chat import who_of
 
 
-
 def admin_api(services):
     """The typed admin functions; Gradio's login guards every one of them."""
 
