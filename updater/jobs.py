@@ -84,11 +84,15 @@ class JobLog(Database):
         """The newest runs first (of one job, or of all)."""
         where, args = ("WHERE job = ?", (job,)) if job else ("", ())
         rows = self.conn.execute(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit))
-        return [JobRun(r["id"], r["job"], r["who"], r["started_at"], r["ended_at"], r["outcome"],
-                       json.loads(r["figures_json"]), r["message"]) for r in rows]
+        return [_run(row) for row in rows]
 
     def get(self, run_id: int) -> JobRun:
-        return next(run for run in self.history(limit=1_000_000) if run.id == run_id)
+        return _run(self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+
+
+def _run(row) -> JobRun:
+    return JobRun(row["id"], row["job"], row["who"], row["started_at"], row["ended_at"], row["outcome"],
+                  json.loads(row["figures_json"]), row["message"])
 
 
 def check_job(name: str) -> str:
@@ -149,7 +153,11 @@ class JobRunner:
 
     # -- the jobs: each returns (figures, stopped) ------------------------------------------------
     def _report(self, job: str) -> Callable[[int, int], None]:
-        return lambda done, total: self.progress and self.progress(job, done, total)
+        """A progress(done, total) callback that passes the job's progress on to ``self.progress``."""
+        def report(done: int, total: int) -> None:
+            if self.progress is not None:
+                self.progress(job, done, total)
+        return report
 
     def _detect(self, who: str) -> tuple[dict, bool]:
         detector = Detector.for_editor(self.editor, self.config, self.store, self.queue, self.checks)
