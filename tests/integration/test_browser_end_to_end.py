@@ -144,7 +144,7 @@ def ask(page, question: str, timeout: float = 180) -> str:
     page.locator("#question textarea, #question input").first.fill(question)
     page.keyboard.press("Enter")
     deadline, text, steady = time.monotonic() + timeout, "", 0
-    while time.monotonic() < deadline and steady < 4:
+    while time.monotonic() < deadline and steady < 6:       # unchanged for 3 s: the answer is done
         time.sleep(0.5)
         if answers.count() > before:
             now = answers.last.inner_text().strip()
