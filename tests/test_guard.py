@@ -55,6 +55,9 @@ def test_judge_names_each_broken_bound_with_its_numbers():
                                "probe agreement 0.500 < 0.900", "probe KL 0.900 > 0.200")
     assert judge(figures(hits=1), BOUNDS).ok                   # 1 of 2 is exactly the 50% bound
     assert not judge(figures(kl=0.2001), BOUNDS).ok
+    harmful = judge(figures(agreement_drop=0.3), BOUNDS)      # the state is in bounds; this batch is not
+    assert harmful.reasons == ("this batch alone lowers probe agreement by 0.300 > 0.050",)
+    assert judge(figures(agreement_drop=0.05), BOUNDS).ok
 
 
 def test_edits_left_at_the_recent_rate():
@@ -94,9 +97,14 @@ def test_guard_figures_on_a_candidate_match_direct_measurements(open_engine, new
     direct = measure_drift(editor.shadow, guard.ref, editor.tokenizer.pad_token_id)
     assert (verdict.figures.agreement, verdict.figures.kl) == (direct.agreement, direct.kl)
     assert verdict.figures.kl > 0                              # the candidate is not the unedited model
+    assert verdict.figures.agreement_drop == pytest.approx(1.0 - direct.agreement)   # served = unedited here
     editor.discard(candidate)
     served = measure_drift(editor.model, guard.ref, editor.tokenizer.pad_token_id)
     assert served.agreement == 1.0 and served.kl == pytest.approx(0.0, abs=1e-9)   # nothing was committed
+    editor.commit(editor.solve_candidate(facts))                                   # the served model moves on
+    again = guard.check(editor, editor.solve_candidate([new_fact(2)]), [new_fact(2)])
+    now = measure_drift(editor.model, guard.ref, editor.tokenizer.pad_token_id).agreement
+    assert again.figures.agreement_drop == pytest.approx(now - again.figures.agreement)
 
 
 # -- the three outcomes -----------------------------------------------------------------------

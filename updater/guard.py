@@ -5,7 +5,9 @@ Three figures, each against a bound of [guard] in config.toml:
 - the batch's own efficacy: the share of its facts whose answer on the candidate holds the
   new object (the chat answer for a fact with a question, a short completion otherwise);
 - drift on a fixed set of unrelated probes (QAEdit locality questions and held-out WikiText)
-  against the unedited model: top-1 token agreement and mean KL (assistant.evaluation.drift).
+  against the unedited model: top-1 token agreement and mean KL (assistant.evaluation.drift),
+  for the whole state after the batch (a capacity, like the L1 bound), and the agreement
+  that this batch alone takes away from the served model (its own harm).
 
 ``judge`` turns the figures into a verdict; ``updater.apply`` commits a passing batch, splits
 a failing one and retries the halves, and rejects a single failing fact with its figures.
@@ -35,6 +37,7 @@ class GuardFigures:
     agreement: float                     # top-1 agreement with the unedited model on the probes
     kl: float                            # mean KL from the unedited model, nats
     answers: dict[str, str] = field(default_factory=dict)    # fact id -> the candidate's answer
+    agreement_drop: float = 0.0          # the batch's own: the served model's agreement minus the candidate's
 
     @property
     def max_l1_growth(self) -> float:
@@ -61,7 +64,7 @@ class Verdict:
     def summary(self) -> str:
         f = self.figures
         figures = (f"L1 growth {f.max_l1_growth:.2%}, efficacy {f.hits}/{f.facts}, "
-                   f"agreement {f.agreement:.3f}, KL {f.kl:.3f}")
+                   f"agreement {f.agreement:.3f} (this batch -{f.agreement_drop:.3f}), KL {f.kl:.3f}")
         return figures if self.ok else f"{'; '.join(self.reasons)} ({figures})"
 
 
@@ -75,6 +78,9 @@ def judge(figures: GuardFigures, bounds: GuardConfig) -> Verdict:
         reasons.append(f"efficacy {figures.hits}/{figures.facts} < {bounds.min_efficacy:.0%}")
     if figures.agreement < bounds.min_agreement:
         reasons.append(f"probe agreement {figures.agreement:.3f} < {bounds.min_agreement:.3f}")
+    if figures.agreement_drop > bounds.max_agreement_drop:
+        reasons.append(f"this batch alone lowers probe agreement by {figures.agreement_drop:.3f} > "
+                       f"{bounds.max_agreement_drop:.3f}")
     if figures.kl > bounds.max_kl:
         reasons.append(f"probe KL {figures.kl:.3f} > {bounds.max_kl:.3f}")
     return Verdict(figures, tuple(reasons))
@@ -96,6 +102,16 @@ class Guard:
 
     def __init__(self, bounds: GuardConfig, ref: DriftReference, probe: ProbeSettings):
         self.bounds, self.ref, self.probe = bounds, ref, probe
+        self._served: tuple[int, float] | None = None        # (generation, its probe agreement)
+
+    def served_agreement(self, editor) -> float:
+        """The probe agreement of the served model (measured once per committed generation)."""
+        generation = editor.generation
+        if self._served is None or self._served[0] != generation:
+            with editor.weights.reading():
+                drift = measure_drift(editor.model, self.ref, editor.tokenizer.pad_token_id)
+            self._served = (generation, drift.agreement)
+        return self._served[1]
 
     @classmethod
     def for_editor(cls, editor, config: Config, questions: list[str] | None = None,
@@ -120,7 +136,8 @@ class Guard:
         hits = sum(answer_contains(a, f.target_new) for a, f in zip(said, facts))
         drift = measure_drift(shadow, self.ref, tok.pad_token_id)
         figures = GuardFigures({n.layer: n.growth for n in candidate.norms}, hits, len(facts), drift.agreement,
-                               drift.kl, {f.id: a for f, a in zip(facts, said)})
+                               drift.kl, {f.id: a for f, a in zip(facts, said)},
+                               agreement_drop=self.served_agreement(editor) - drift.agreement)
         verdict = judge(figures, self.bounds)
         log.info("guard: %s: %s", "commit" if verdict.ok else "refuse", verdict.summary())
         return verdict
