@@ -192,7 +192,8 @@ class GuardConfig:
     max_l1_growth: float = _help("largest L1 growth over W0 of any edited layer after the batch (0.05: 5%)", 0.05)
     min_efficacy: float = _help("smallest share of the batch's facts whose answer must hold the new object", 0.5)
     min_agreement: float = _help("smallest top-1 token agreement with the unedited model on the probes", 0.85)
-    max_agreement_drop: float = _help("largest loss of probe agreement that one batch alone may cause", 0.05)
+    max_agreement_drop_per_fact: float = _help(
+        "largest loss of probe agreement that one batch alone may cause, per fact of the batch", 0.02)
     max_kl: float = _help("largest mean KL (nats) from the unedited model on the probes", 0.3)
     probe_questions: int = _help("unrelated chat questions (QAEdit locality questions) in the drift probes", 16)
     probe_texts: int = _help("held-out WikiText lines in the drift probes", 16)
@@ -200,9 +201,9 @@ class GuardConfig:
 
     def __post_init__(self):
         if not (0 < self.max_l1_growth and 0 <= self.min_efficacy <= 1 and 0 <= self.min_agreement <= 1
-                and 0 < self.max_agreement_drop <= 1 and self.max_kl > 0):
+                and 0 < self.max_agreement_drop_per_fact <= 1 and self.max_kl > 0):
             raise ConfigError("[guard] needs max_l1_growth > 0, min_efficacy and min_agreement in 0..1, "
-                              "max_agreement_drop in (0, 1], max_kl > 0")
+                              "max_agreement_drop_per_fact in (0, 1], max_kl > 0")
         if self.probe_questions < 0 or self.probe_texts < 0 or self.probe_questions + self.probe_texts == 0 \
                 or self.probe_tokens < 2:
             raise ConfigError("[guard] needs some probes (probe_questions + probe_texts > 0) and probe_tokens >= 2")

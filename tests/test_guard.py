@@ -19,7 +19,8 @@ from updater.guard import Guard, GuardFigures, Verdict, judge
 
 QUESTIONS = ["Where is the Eiffel Tower?", "Who wrote Hamlet?"]
 TEXTS = ["The river flows through the old town and into the sea.", "She plays the violin every evening."]
-BOUNDS = GuardConfig(max_l1_growth=0.05, min_efficacy=0.5, min_agreement=0.9, max_kl=0.2)
+BOUNDS = GuardConfig(max_l1_growth=0.05, min_efficacy=0.5, min_agreement=0.9, max_kl=0.2,
+                     max_agreement_drop_per_fact=0.025)
 TINY_BOUNDS = GuardConfig(max_l1_growth=1e6, min_efficacy=0.5, min_agreement=0.9, max_kl=0.2)   # tiny edits grow L1 a lot
 
 
@@ -56,8 +57,8 @@ def test_judge_names_each_broken_bound_with_its_numbers():
     assert judge(figures(hits=1), BOUNDS).ok                   # 1 of 2 is exactly the 50% bound
     assert not judge(figures(kl=0.2001), BOUNDS).ok
     harmful = judge(figures(agreement_drop=0.3), BOUNDS)      # the state is in bounds; this batch is not
-    assert harmful.reasons == ("this batch alone lowers probe agreement by 0.300 > 0.050",)
-    assert judge(figures(agreement_drop=0.05), BOUNDS).ok
+    assert harmful.reasons == ("this batch alone lowers probe agreement by 0.300 > 0.025 x 2 fact(s)",)
+    assert judge(figures(agreement_drop=0.05), BOUNDS).ok                # 0.025 for each of its 2 facts
 
 
 def test_edits_left_at_the_recent_rate():

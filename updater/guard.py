@@ -78,9 +78,9 @@ def judge(figures: GuardFigures, bounds: GuardConfig) -> Verdict:
         reasons.append(f"efficacy {figures.hits}/{figures.facts} < {bounds.min_efficacy:.0%}")
     if figures.agreement < bounds.min_agreement:
         reasons.append(f"probe agreement {figures.agreement:.3f} < {bounds.min_agreement:.3f}")
-    if figures.agreement_drop > bounds.max_agreement_drop:
+    if figures.agreement_drop > bounds.max_agreement_drop_per_fact * figures.facts:
         reasons.append(f"this batch alone lowers probe agreement by {figures.agreement_drop:.3f} > "
-                       f"{bounds.max_agreement_drop:.3f}")
+                       f"{bounds.max_agreement_drop_per_fact:.3f} x {figures.facts} fact(s)")
     if figures.kl > bounds.max_kl:
         reasons.append(f"probe KL {figures.kl:.3f} > {bounds.max_kl:.3f}")
     return Verdict(figures, tuple(reasons))
