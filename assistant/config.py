@@ -193,7 +193,7 @@ class GuardConfig:
     min_efficacy: float = _help("smallest share of the batch's facts whose answer must hold the new object", 0.5)
     min_agreement: float = _help("smallest top-1 token agreement with the unedited model on the probes", 0.85)
     max_agreement_drop_per_fact: float = _help(
-        "largest loss of probe agreement that one batch alone may cause, per fact of the batch", 0.02)
+        "largest loss of probe agreement that one batch alone may cause, per fact of the batch", 0.015)
     max_kl: float = _help("largest mean KL (nats) from the unedited model on the probes", 0.3)
     probe_questions: int = _help("unrelated chat questions (QAEdit locality questions) in the drift probes", 16)
     probe_texts: int = _help("held-out WikiText lines in the drift probes", 16)
