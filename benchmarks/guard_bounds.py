@@ -23,7 +23,7 @@ from benchmarks.common import common_arguments, configured, environment, load_sl
 from updater.guard import Guard
 
 CLOZE = ("counterfact", 0, 32)          # records 0-31 of CounterFact: the speed benchmark's slice
-CHAT = ("qaedit", 100, 16)              # records 100-115 of QAEdit: the tuning slice
+CHAT = ("qaedit", 100, 8)               # records 100-107 of QAEdit: the tuning slice
 BATCH = 8
 
 # Corrections that nobody should make: their "subjects" are the commonest words, so the edit's
