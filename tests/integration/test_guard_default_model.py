@@ -33,7 +33,7 @@ def test_default_bounds_commit_a_normal_batch_and_stop_a_harmful_one(updater_hom
     config = load_config()
     normal = load_edit_facts(real_shared_data, "counterfact", 100, 8)       # not a slice the bounds were set on
     harmful = [make_fact(id=f"harm-{word}", subject=word, prompt="{} answer is", target_new="banana")
-               for word in ("the", "is", "a", "of")]
+               for word in ("the", "is")]
     with Editor.open(config, progress=False) as editor, EditQueue.open(config) as queue:
         guard = Guard.for_editor(editor, config)
         good = approve(queue, normal)
