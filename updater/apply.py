@@ -119,18 +119,12 @@ def _write(editor, queue: EditQueue, pairs: list[tuple[QueueItem, Fact]], outcom
            guard) -> None:
     """Solve ``pairs`` as one candidate; commit it, or split it, or reject its one fact."""
     facts, item_ids = [fact for _, fact in pairs], [item.id for item, _ in pairs]
-    try:
-        candidate = editor.solve_candidate(facts)
-    except BaseException as error:
-        _record_failure(queue, pairs, error, outcome, who)
-        raise_unless_refusal(error)
+    solved, candidate = _attempt(lambda: editor.solve_candidate(facts), queue, pairs, outcome, who)
+    if not solved:
         return
-    try:
-        verdict = guard.check(editor, candidate, facts) if guard is not None else None
-    except BaseException as error:
-        editor.discard(candidate)
-        _record_failure(queue, pairs, error, outcome, who)
-        raise_unless_refusal(error)
+    checked, verdict = _attempt(lambda: guard.check(editor, candidate, facts) if guard is not None else None,
+                                queue, pairs, outcome, who, undo=lambda: editor.discard(candidate))
+    if not checked:
         return
     if verdict is None or verdict.ok:
         _commit(editor, queue, pairs, candidate, verdict, outcome, who)
@@ -150,11 +144,8 @@ def _write(editor, queue: EditQueue, pairs: list[tuple[QueueItem, Fact]], outcom
 
 
 def _commit(editor, queue: EditQueue, pairs, candidate, verdict, outcome: ApplyOutcome, who: str) -> None:
-    try:
-        edit_ids = editor.commit(candidate)
-    except BaseException as error:
-        _record_failure(queue, pairs, error, outcome, who)
-        raise_unless_refusal(error)
+    committed, edit_ids = _attempt(lambda: editor.commit(candidate), queue, pairs, outcome, who)
+    if not committed:
         return
     if verdict is not None:
         queue.record_decision([item.id for item, _ in pairs], "commit", verdict.summary(), verdict.figures.to_json(),
@@ -162,6 +153,19 @@ def _commit(editor, queue: EditQueue, pairs, candidate, verdict, outcome: ApplyO
     for (item, _), edit_id in zip(pairs, edit_ids):
         queue.mark_applied(item.id, edit_id, who, f"applied with {editor.method} (edit {edit_id})")
         outcome.applied[item.id] = edit_id
+
+
+def _attempt(step, queue: EditQueue, pairs, outcome: ApplyOutcome, who: str, undo=None) -> tuple[bool, object]:
+    """(True, step()) or, when it raises, (False, None) after ``undo`` and recording the failure
+    on the batch's items; an error that is not a refusal (a bug) is raised after that."""
+    try:
+        return True, step()
+    except BaseException as error:
+        if undo is not None:
+            undo()
+        _record_failure(queue, pairs, error, outcome, who)
+        raise_unless_refusal(error)
+        return False, None
 
 
 def _active_id(editor, fact: Fact) -> int | None:
