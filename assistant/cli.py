@@ -220,7 +220,7 @@ def register(commands) -> None:
     bench.add_argument("--seed", type=int, default=0, help="seed of the MMLU/SST-2 samples and MQD options")
     bench.add_argument("--target-tokens", help="only facts whose new object has LOW-HIGH tokens, e.g. 2-3")
     bench.add_argument("--general-items", type=int, default=100, help="MMLU and SST-2 questions, each")
-    bench.add_argument("--chat", action="store_true", help="also chat efficacy by greedy answers")
+    bench.add_argument("--chat", action="store_true", help="also chat answers, rephrasings and locality (greedy answers)")
     bench.add_argument("--out", required=True, help="folder for results JSON, plots and report.md")
     bench.add_argument("--report-only", action="store_true", help="only redraw plots and report.md")
     bench.set_defaults(run=cmd_bench)

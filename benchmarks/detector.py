@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from assistant.evaluation.datasets import edit_records
-from assistant.evaluation.metrics import answer_contains, completion_logprobs
+from assistant.evaluation.metrics import answer_contains, completion_logprobs, wilson
 from assistant.model.loading import load_model
 from benchmarks.common import configured, environment, write_json
 from updater.detect.checks import CheckLog
@@ -51,7 +51,6 @@ from updater.store.knowledge import KnowledgeStore
 
 MIN_CANDIDATES = 8      # a template must take at least this many objects for a ranking to mean "known"
 MAX_CANDIDATES = 16     # the real object and the template's most frequent other objects
-Z95 = 1.959964
 
 
 def template(case: dict) -> str:
@@ -127,16 +126,6 @@ def stricter(facts, truth: dict[str, bool], known: list[dict]) -> list[int]:
     mine = [i for i, f in enumerate(facts) if f.id in says]
     outdated = [i for i, f in enumerate(facts) if truth[f.id]][:len(mine)]
     return sorted(mine + outdated)
-
-
-def wilson(k: int, n: int) -> list[float]:
-    """Wilson score 95% interval of a proportion k / n."""
-    if not n:
-        return [math.nan, math.nan]
-    p, z2 = k / n, Z95 ** 2
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def scores(predicted: list[bool], actual: list[bool]) -> dict:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 
 from assistant.editing.editor import Editor
-from assistant.evaluation.metrics import answers, chat_scores, locality_questions
+from assistant.evaluation.locality import locality_questions, locality_reference, measure_locality
+from assistant.evaluation.metrics import chat_scores
 from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
 
 
@@ -41,19 +42,20 @@ def main() -> None:
     edited = {record.fact.id for record in editor.edits("active")}
     facts = [f for f in load_slice(config, "qaedit", args.start, args.count) if f.id in edited]
     tok, system = editor.tokenizer, config.chat.system_prompt
-    with editor.unedited():
-        locality_before = answers(editor.model, tok, locality_questions(facts), 32, system)
+    with editor.unedited() as unedited:
+        reference = locality_reference(unedited, tok, locality_questions(facts), 32, system)
     rows, committed = [], editor.sums
     for scale in (float(s) for s in args.scales.split(",")):
         editor.sums = scaled(committed, scale)      # in memory only: nothing is committed
         editor.rebuild()
-        scores = chat_scores(editor.model, tok, facts, 32, system, locality_before=locality_before)
+        scores = chat_scores(editor.model, tok, facts, 32, system)
+        locality = measure_locality(editor.model, tok, reference)
         growth = {n.layer: n.growth for n in editor.norms()}
         rows.append({"scale": scale, "efficacy": scores.efficacy, "paraphrase": scores.paraphrase,
-                     "locality": scores.locality, "l1_growth": growth,
+                     "locality": locality.to_json(), "l1_growth": growth,
                      "answers": scores.answers, "paraphrase_answers": scores.paraphrase_answers})
         print(f"scale {scale:.2f}: efficacy {scores.efficacy:.2f}, paraphrase {scores.paraphrase:.2f}, "
-              f"locality {scores.locality:.2f}, largest L1 growth {max(growth.values()):.1%}")
+              f"locality {locality.agreement:.3f} / kept {locality.kept}/{locality.questions}, largest L1 growth {max(growth.values()):.1%}")
     write_json(args.out, {"data": "qaedit", "start": args.start, "count": len(facts), "state_dir": str(args.state_dir),
                           "environment": started_in, "scales": rows})
 

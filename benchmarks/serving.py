@@ -8,7 +8,8 @@ an apply running, and the apply step's seconds per fact by batch size.
   chat generates), over ``--commits`` commits (edits and their retractions, one at a time);
 - chat: time to first token and tokens per second of streamed answers, idle and while a
   batch of cloze facts is being applied in another thread (as the scheduler does);
-- apply: seconds per fact of one batch of each size, for cloze facts (CounterFact) and chat
+- apply: seconds per fact of one batch of each size through the apply job's steps (solve,
+  guard, commit), for cloze facts (CounterFact) and chat
   facts (QAEdit questions), each batch in a fresh state.
 """
 
@@ -25,6 +26,7 @@ from assistant.editing.editor import Editor
 from assistant.model.chat import stream_answer
 from assistant.model.loading import load_model
 from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
+from updater.guard import Guard
 
 QUESTIONS = ["What is the capital of France?", "Who wrote Romeo and Juliet?", "What do bees make?",
              "How many legs does a spider have?", "What is the largest planet?", "Who painted the Mona Lisa?"]
@@ -82,14 +84,23 @@ def chat_during_apply(editor: Editor, facts, tokens: int) -> dict:
 
 
 def apply_seconds(config, loaded, state_root: Path, kind: str, size: int) -> dict:
+    """One batch through the apply job's steps: the candidate solved on the shadow, checked by
+    the guard, committed (the queue's SQLite bookkeeping is left out: milliseconds)."""
     name, start = CLOZE if kind == "cloze" else CHAT
     facts = load_slice(config, name, start, size)
     with Editor.open(config, state_dir=state_root / f"{kind}-{size}", loaded=loaded, progress=False) as editor:
+        guard = Guard.for_editor(editor, config)
         started = time.perf_counter()
-        editor.apply(facts, batch_size=size)
-        seconds = time.perf_counter() - started
+        candidate = editor.solve_candidate(facts)
+        solved = time.perf_counter()
+        verdict = guard.check(editor, candidate, facts)
+        checked = time.perf_counter()
+        (editor.commit if verdict.ok else editor.discard)(candidate)
+        ended = time.perf_counter()
         editor.swap_in(editor.W0)                   # the shared model goes back to W0 for the next state
-    return {"kind": kind, "batch_size": size, "seconds": seconds, "seconds_per_fact": seconds / size,
+    return {"kind": kind, "batch_size": size, "seconds": ended - started, "seconds_per_fact": (ended - started) / size,
+            "solve_seconds": solved - started, "guard_seconds": checked - solved, "commit_seconds": ended - checked,
+            "guard": "commit" if verdict.ok else "refuse", "guard_figures": verdict.figures.to_json(),
             "slice": {"data": name, "start": start, "count": size}}
 
 

@@ -117,7 +117,8 @@ def write_evaluation_data(root: Path, sentences: list[str]) -> None:
         json.dumps([counterfact_record(i) for i in range(40)]), encoding="utf-8")
     (root / "zsre").mkdir()
     zsre = [{"subject": s, "src": f"Where is {s}?", "answers": [OBJECTS[i % 16]], "alt": OBJECTS[(i + 3) % 16],
-             "rephrase": f"Where can one find {s}?"} for i, s in enumerate(SUBJECTS)]
+             "rephrase": f"Where can one find {s}?", "loc": f"nq question: what is {OBJECTS[(i + 5) % 16].lower()}"}
+            for i, s in enumerate(SUBJECTS)]
     (root / "zsre" / "zsre_mend_eval_portability_gpt4.json").write_text(json.dumps(zsre), encoding="utf-8")
     tokenized = root / "text" / "wikitext2_tokenized"
     tokenized.mkdir(parents=True)

@@ -151,3 +151,32 @@ def test_bench_cli_rejects_bad_arguments(capsys, tmp_path):
     assert "trivia" in capsys.readouterr().err
     assert main(["bench", "--report-only", "--out", str(tmp_path)]) == 2
     assert "no benchmark results" in capsys.readouterr().err
+
+
+def test_chat_runs_measure_answers_rephrasings_and_locality(make_config, tmp_path):
+    from assistant.evaluation.locality import locality_reference, measure_locality, unrelated_questions
+    from assistant.evaluation.metrics import chat_scores
+
+    config = make_config("llama")
+    plan = BenchPlan(method="d4s", dataset="counterfact", chat=True, general_questions=3, **{**SMALL, "count": 2})
+    results = run_bench(config, plan, tmp_path / "out", tmp_path / "state", report=lambda t: None)
+    first, last = results["checkpoints"][0], results["checkpoints"][-1]
+    assert first["chat_locality"]["agreement"] == 1.0                         # the unedited model against itself
+    assert first["chat_locality"]["kept"] == first["chat_locality"]["questions"]
+    shared = config.paths.shared_data_dir()
+    facts = load_edit_facts(shared, "counterfact", 0, 2)
+    questions = unrelated_questions(facts, shared, 3)
+    assert len(questions) == 5                                                # 2 neighbours and 3 general ones
+    base, tok = unedited(config)
+    ref = locality_reference(base, tok, questions, 32)
+    with Editor.open(config, state_dir=tmp_path / "state", progress=False) as editor:
+        direct = measure_locality(editor.model, tok, ref).to_json()
+        scores = chat_scores(editor.model, tok, facts, 32).to_json()
+    local = last["chat_locality"]
+    assert (local["kept"], local["questions"]) == (direct["kept"], direct["questions"])
+    assert (local["agreement"], local["kl"]) == pytest.approx((direct["agreement"], direct["kl"]))
+    assert last["chat"] == scores and last["chat_efficacy"] == scores["efficacy"]
+    assert last["chat_locality"]["agreement"] < 1.0                           # two edits move a tiny model
+    text = write_report(tmp_path / "out").read_text()
+    assert "## Chat: answers, rephrasings and locality" in text
+    assert f"| {last['chat_locality']['agreement']:.3f} |" in text

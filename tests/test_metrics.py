@@ -10,7 +10,7 @@ from assistant.evaluation import metrics
 from assistant.evaluation.bench import target_perplexity
 from assistant.facts import make_fact
 from assistant.evaluation.metrics import (answer_contains, chat_scores, choice_accuracy, completion_logprobs,
-                                          completion_nll, counterfact_scores, fluency, locality_questions,
+                                          completion_nll, counterfact_scores, fluency,
                                           ngram_entropy, option_logprobs, perplexity, same_start)
 from assistant.model.chat import answers
 
@@ -177,6 +177,8 @@ def test_same_start_compares_the_first_eight_normalised_words():
 
 
 def test_locality_questions_are_each_facts_first_neighbour():
+    from assistant.evaluation.locality import locality_questions
+
     facts = [make_fact(id="a", subject="Paris", prompt="Paris is in", target_new="Spain",
                        neighborhood=[("Where is Berlin?", "Germany"), ("Where is Rome?", "Italy")]),
              make_fact(id="b", subject="Tokyo", prompt="Tokyo is in", target_new="Italy"),
@@ -194,17 +196,15 @@ CHAT_FACTS = [
               paraphrases=["Everyone knows Tokyo is in", "Tokyo lies in"],
               neighborhood=[("Where is Madrid?", "Spain")]),
     make_fact(id="apple", subject="Apple", prompt="Apple makes", target_new="the piano",
-              question="What does Apple make?"),
+              question="What does Apple make?", paraphrases=["What does the iPhone firm build?"]),
 ]
-LONG = "Berlin is in Germany, a country in central Europe"
 KNOWN_ANSWERS = {
     "Where is Paris?": "Paris is in Spain.",                   # efficacy: yes
     "Tokyo is located in": "Tokyo is in Italy",                # yes (the prompt stands in for the question)
     "What does Apple make?": "Pianos, mostly.",                # no: "pianos" is not "piano"
-    "Which country holds Paris?": "France.",                   # paraphrase: no
-    "Everyone knows Tokyo is in": "Italy, of course",          # yes (only the first paraphrase is asked)
-    "Where is Berlin?": LONG + " with many lakes.",            # locality: the first 8 words kept
-    "Where is Madrid?": "Madrid is in Italy",                  # changed
+    "Which country holds Paris?": "France.",                   # rephrasing naming the subject: no
+    "Everyone knows Tokyo is in": "Italy, of course",          # naming the subject: yes (only the first is asked)
+    "What does the iPhone firm build?": "The piano.",          # yes, but it does not name the subject
 }
 
 
@@ -216,18 +216,36 @@ def test_chat_scores_on_a_table_of_known_answers(monkeypatch):
         return [KNOWN_ANSWERS[q] for q in questions]
 
     monkeypatch.setattr(metrics, "answers", known)
-    before = [LONG + " and old castles.", "Madrid is in Spain"]
-    scores = chat_scores(None, None, CHAT_FACTS, max_new_tokens=12, system_prompt="Be brief.",
-                         locality_before=before)
-    assert (scores.efficacy, scores.paraphrase, scores.locality) == (2 / 3, 1 / 2, 1 / 2)
+    scores = chat_scores(None, None, CHAT_FACTS, max_new_tokens=12, system_prompt="Be brief.")
+    assert (scores.answered, scores.questions, scores.rephrased, scores.rephrasings) == (2, 3, 2, 3)
+    assert (scores.rephrased_with_subject, scores.rephrasings_with_subject) == (1, 2)
+    assert (scores.efficacy, scores.paraphrase, scores.paraphrase_with_subject) == (2 / 3, 2 / 3, 1 / 2)
     assert scores.answers == [KNOWN_ANSWERS[q] for q in ("Where is Paris?", "Tokyo is located in",
                                                          "What does Apple make?")]
-    assert scores.paraphrase_answers == ["France.", "Italy, of course"]
+    assert scores.paraphrase_answers == ["France.", "Italy, of course", "The piano."]
     assert calls == [(["Where is Paris?", "Tokyo is located in", "What does Apple make?"], 12, "Be brief."),
-                     (["Which country holds Paris?", "Everyone knows Tokyo is in"], 12, "Be brief."),
-                     (["Where is Berlin?", "Where is Madrid?"], 12, "Be brief.")]
-    without = chat_scores(None, None, CHAT_FACTS, max_new_tokens=12, system_prompt="Be brief.")
-    assert math.isnan(without.locality) and len(calls) == 5              # no locality questions asked
+                     (["Which country holds Paris?", "Everyone knows Tokyo is in", "What does the iPhone firm build?"],
+                      12, "Be brief.")]
+    figures = scores.to_json()
+    assert figures["rephrased_with_subject"]["count"] == 1 and figures["rephrased_with_subject"]["of"] == 2
+    low, high = figures["answered"]["interval95"]
+    assert low < 2 / 3 < high
+
+
+def test_mentions_subject_needs_the_subjects_words_in_order():
+    assert metrics.mentions_subject("Where is the Eiffel Tower?", "the Eiffel Tower")
+    assert metrics.mentions_subject("Who is Paris's mayor?", "Paris")                      # possessive
+    assert metrics.mentions_subject("who wrote HARRY potter", "Harry Potter")              # case and spacing
+    assert not metrics.mentions_subject("Where is the tower of Eiffel?", "Eiffel Tower")   # not in order
+    assert not metrics.mentions_subject("Who governs Parisian suburbs?", "Paris")          # whole words only
+    assert not metrics.mentions_subject("Anything at all?", "")
+
+
+def test_wilson_interval_of_known_proportions():
+    low, high = metrics.wilson(8, 10)
+    assert low == pytest.approx(0.490, abs=1e-3) and high == pytest.approx(0.943, abs=1e-3)   # textbook values
+    assert metrics.wilson(0, 20)[0] == 0.0 and metrics.wilson(20, 20)[1] == 1.0
+    assert all(math.isnan(v) for v in metrics.wilson(0, 0))
 
 
 def test_chat_scores_agree_with_greedy_answers_of_a_tiny_llama(llama_dir, chat_tokenizer):
@@ -238,11 +256,7 @@ def test_chat_scores_agree_with_greedy_answers_of_a_tiny_llama(llama_dir, chat_t
     questions = [f.question or f.filled_prompt for f in facts]
     direct = answers(model, chat_tokenizer, questions, 6)
     para = answers(model, chat_tokenizer, [f.paraphrases[0] for f in facts], 6)
-    unchanged = answers(model, chat_tokenizer, locality_questions(facts), 6)
-    scores = chat_scores(model, chat_tokenizer, facts, max_new_tokens=6, locality_before=unchanged)
+    scores = chat_scores(model, chat_tokenizer, facts, max_new_tokens=6)
     assert scores.answers == direct and scores.paraphrase_answers == para
     assert scores.efficacy == sum(answer_contains(a, f.target_new) for a, f in zip(direct, facts)) / 2
     assert scores.paraphrase == sum(answer_contains(a, f.target_new) for a, f in zip(para, facts)) / 2
-    assert scores.locality == 1.0                                        # the same model answers the same
-    changed = chat_scores(model, chat_tokenizer, facts, max_new_tokens=6, locality_before=["zz", "zz"])
-    assert changed.locality == 0.0

@@ -24,10 +24,12 @@ from assistant.evaluation.datasets import (DATASETS, ChoiceItem, counterfact_twi
                                 mmlu_items, sst2_items)
 from assistant.errors import ConfigError, StateError
 from assistant.facts import Fact
+from assistant.evaluation.locality import LocalityReference, locality_reference, measure_locality, unrelated_questions
 from assistant.evaluation.metrics import (chat_scores, choice_accuracy, completion_nll, counterfact_scores, fluency,
                                perplexity)
 
 RESULTS_VERSION = 1
+CHAT_ANSWER_TOKENS = 32                            # greedy answer length of the chat measures
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class BenchPlan:
     heldout_lines: int = 40                        # WikiText-2 validation lines for perplexity
     fluency_prompts: int = 10
     fluency_tokens: int = 40
-    chat: bool = False                             # also chat efficacy (greedy answers) of the edits
+    chat: bool = False                             # also chat efficacy (greedy answers) and locality of the edits
+    general_questions: int = 50                    # with chat: general questions in the locality set
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -96,17 +99,19 @@ def general_measures(model, tokenizer, tasks: GeneralTasks, fluency_tokens: int)
             "generation_sample": generations[0] if generations else ""}
 
 
-def edit_measures(model, tokenizer, facts: list[Fact], probes: list[Fact] | None, chat: bool,
-                  system_prompt: str) -> dict:
+def edit_measures(model, tokenizer, facts: list[Fact], probes: list[Fact] | None,
+                  locality: LocalityReference | None, system_prompt: str) -> dict:
     """Efficacy, paraphrase and neighbourhood specificity (and their magnitudes) of the
-    edits; with ``probes`` (the CounterFact twins of MQD facts), specificity comes from those."""
+    edits; with ``probes`` (the CounterFact twins of MQD facts), specificity comes from those.
+    With a ``locality`` reference (chat runs), also the chat scores and chat locality."""
     result = dataclasses.asdict(counterfact_scores(model, tokenizer, facts))
     if probes is not None:
         twins = counterfact_scores(model, tokenizer, probes)
         result |= {"neighborhood": twins.neighborhood, "neighborhood_magnitude": twins.neighborhood_magnitude}
-    if chat:
-        scores = chat_scores(model, tokenizer, facts, system_prompt=system_prompt)
-        result |= {"chat_efficacy": scores.efficacy, "chat_paraphrase": scores.paraphrase}
+    if locality is not None:
+        scores = chat_scores(model, tokenizer, facts, CHAT_ANSWER_TOKENS, system_prompt)
+        result |= {"chat_efficacy": scores.efficacy, "chat_paraphrase": scores.paraphrase,
+                   "chat": scores.to_json(), "chat_locality": measure_locality(model, tokenizer, locality).to_json()}
     return result
 
 
@@ -134,12 +139,13 @@ def write_json(path: Path | str, payload: dict) -> None:
     os.replace(temporary, path)
 
 
-def _checkpoint(editor, facts, probes, tasks, plan, done: int, results: dict) -> dict:
+def _checkpoint(editor, facts, probes, tasks, plan, done: int, results: dict,
+                locality: LocalityReference | None) -> dict:
     model, tok = editor.model, editor.tokenizer
     started = time.perf_counter()
     scored = slice(0, done or len(facts))               # the unedited model: every fact of the run
     point = {"edits": done, **edit_measures(model, tok, facts[scored], None if probes is facts else probes[scored],
-                                            plan.chat, editor.system_prompt),
+                                            locality, editor.system_prompt),
              **general_measures(model, tok, tasks, plan.fluency_tokens),
              "seconds_per_edit": results["edit_seconds"] / done if done else None,
              "l1_growth": {str(n.layer): n.growth for n in editor.norms()},
@@ -169,22 +175,31 @@ def run_bench(config: Config, plan: BenchPlan, out_dir: Path, state_dir: Path | 
                             editor.tokenizer)
     probes = counterfact_twins(shared, facts) if plan.dataset.startswith("mqd-") else facts
     tasks = general_tasks(config, plan, probes)
+    locality = None
+    if plan.chat:                                       # the unedited model's answers to unrelated questions
+        with editor.unedited() as unedited:
+            locality = locality_reference(unedited, editor.tokenizer,
+                                          unrelated_questions(facts, shared, plan.general_questions),
+                                          CHAT_ANSWER_TOKENS, editor.system_prompt)
     if results is None:
         results = {"version": RESULTS_VERSION, "plan": plan.to_json(), "config": dataclasses.asdict(config.editing),
                    "covariance": dataclasses.asdict(config.covariance), "environment": environment(),
                    "model": str(editor.loaded.path), "edit_seconds": 0.0, "checkpoints": []}
         report(f"{plan.name}: measuring the unedited model")
         results["target_perplexity"] = target_perplexity(editor.model, editor.tokenizer, facts)
-        results["checkpoints"].append(_checkpoint(editor, facts, probes, tasks, plan, 0, results))
+        results["checkpoints"].append(_checkpoint(editor, facts, probes, tasks, plan, 0, results, locality))
         write_json(results_path, results)
     while True:
         if done > results["checkpoints"][-1]["edits"] and (done % plan.every == 0 or done == len(facts)):
-            results["checkpoints"].append(_checkpoint(editor, facts, probes, tasks, plan, done, results))
+            results["checkpoints"].append(_checkpoint(editor, facts, probes, tasks, plan, done, results, locality))
             write_json(results_path, results)
             point = results["checkpoints"][-1]
             report(f"{plan.name} after {done}: efficacy {point['efficacy']:.3f} paraphrase "
                    f"{point['paraphrase']:.3f} neighbourhood {point['neighborhood']:.3f} perplexity "
-                   f"{point['perplexity']:.2f} max L1 growth {max(point['l1_growth'].values()) * 100:.2f}%")
+                   f"{point['perplexity']:.2f} max L1 growth {max(point['l1_growth'].values()) * 100:.2f}%"
+                   + (f" chat {point['chat_efficacy']:.2f}/{point['chat_paraphrase']:.2f} locality agreement "
+                      f"{point['chat_locality']['agreement']:.3f} kept {point['chat_locality']['kept']}/"
+                      f"{point['chat_locality']['questions']}" if plan.chat else ""))
             continue
         if done == len(facts):
             break

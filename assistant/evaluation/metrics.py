@@ -21,6 +21,7 @@ import torch
 from assistant.model.chat import answers
 from assistant.facts import Fact
 
+Z95 = 1.959964
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
@@ -203,27 +204,55 @@ def counterfact_scores(model, tokenizer, facts: list[Fact]) -> CounterfactScores
 
 @dataclass(frozen=True)
 class ChatScores:
-    efficacy: float                 # share of questions answered with the new object
-    paraphrase: float               # the same for paraphrased questions
-    locality: float                 # share of unrelated questions whose answer kept its first 8 words
+    answered: int                   # questions answered with the new object
+    questions: int
+    rephrased: int                  # first rephrasings answered with it
+    rephrasings: int
+    rephrased_with_subject: int     # the same, over the rephrasings that contain the subject
+    rephrasings_with_subject: int
     answers: list[str]
     paraphrase_answers: list[str]
 
+    @property
+    def efficacy(self) -> float:
+        return self.answered / max(self.questions, 1)
 
-def chat_scores(model, tokenizer, facts: list[Fact], max_new_tokens: int = 32, system_prompt: str = "",
-                locality_before: list[str] | None = None) -> ChatScores:
-    """Chat efficacy: greedy answers through the chat template, checked for the new object."""
+    @property
+    def paraphrase(self) -> float:
+        return self.rephrased / max(self.rephrasings, 1)
+
+    @property
+    def paraphrase_with_subject(self) -> float:
+        return self.rephrased_with_subject / max(self.rephrasings_with_subject, 1)
+
+    def to_json(self) -> dict:
+        counts = {"answered": (self.answered, self.questions), "rephrased": (self.rephrased, self.rephrasings),
+                  "rephrased_with_subject": (self.rephrased_with_subject, self.rephrasings_with_subject)}
+        return {"efficacy": self.efficacy, "paraphrase": self.paraphrase,
+                "paraphrase_with_subject": self.paraphrase_with_subject,
+                **{name: {"count": k, "of": n, "interval95": wilson(k, n)} for name, (k, n) in counts.items()}}
+
+
+def mentions_subject(text: str, subject: str) -> bool:
+    """Whether a question names the subject (normalised words, in order): without it a
+    subject-key edit has no key to fire on."""
+    plain = lambda t: normalize_answer(re.sub(r"['’]s\b", "", t))  # noqa: E731  (Paris's: Paris)
+    words, wanted = plain(text).split(), plain(subject).split()
+    return bool(wanted) and any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1))
+
+
+def chat_scores(model, tokenizer, facts: list[Fact], max_new_tokens: int = 32, system_prompt: str = "") -> ChatScores:
+    """Chat efficacy: greedy answers through the chat template, checked for the new object;
+    the same for each fact's first rephrasing."""
     questions = [f.question or f.filled_prompt for f in facts]
     direct = answers(model, tokenizer, questions, max_new_tokens, system_prompt)
     para_facts = [f for f in facts if f.paraphrases]
     para = answers(model, tokenizer, [f.paraphrases[0] for f in para_facts], max_new_tokens, system_prompt)
-    efficacy = sum(answer_contains(a, f.target_new) for a, f in zip(direct, facts)) / max(len(facts), 1)
-    paraphrase = sum(answer_contains(a, f.target_new) for a, f in zip(para, para_facts)) / max(len(para_facts), 1)
-    locality = float("nan")
-    if locality_before is not None:
-        after = answers(model, tokenizer, locality_questions(facts), max_new_tokens, system_prompt)
-        locality = sum(same_start(a, b) for a, b in zip(after, locality_before)) / max(len(after), 1)
-    return ChatScores(efficacy, paraphrase, locality, direct, para)
+    answered = sum(answer_contains(a, f.target_new) for a, f in zip(direct, facts))
+    hits = [answer_contains(a, f.target_new) for a, f in zip(para, para_facts)]
+    named = [mentions_subject(f.paraphrases[0], f.subject) for f in para_facts]
+    return ChatScores(answered, len(facts), sum(hits), len(hits), sum(h and n for h, n in zip(hits, named)),
+                      sum(named), direct, para)
 
 
 def same_start(answer: str, reference: str, words: int = 8) -> bool:
@@ -231,6 +260,11 @@ def same_start(answer: str, reference: str, words: int = 8) -> bool:
     return normalize_answer(answer).split()[:words] == normalize_answer(reference).split()[:words]
 
 
-def locality_questions(facts: list[Fact]) -> list[str]:
-    """The first neighbourhood question of each fact: what must not change."""
-    return [f.neighborhood[0][0] for f in facts if f.neighborhood]
+def wilson(k: int, n: int) -> list[float]:
+    """Wilson score 95% interval of a proportion k / n."""
+    if not n:
+        return [math.nan, math.nan]
+    p, z2 = k / n, Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]

@@ -173,6 +173,26 @@ def damage_table(runs: list[dict]) -> str:
                    "MMLU change (pts)", "SST-2 change (pts)", "neighbourhood change (pts)", "max L1 growth %"], lines)
 
 
+def chat_table(runs: list[dict]) -> str:
+    """Chat runs' checkpoints: answers and rephrasings with the new object (counts and 95%
+    intervals) and locality against the unedited model's answers to unrelated questions."""
+    def count(part: dict) -> str:
+        low, high = part["interval95"]
+        return f"{part['count']}/{part['of']} ({100 * low:.0f}-{100 * high:.0f}%)"
+
+    lines = []
+    for run in runs:
+        for point in run["checkpoints"]:
+            if "chat_locality" not in point:
+                continue
+            chat, local = point["chat"], point["chat_locality"]
+            kept = {"count": local["kept"], "of": local["questions"], "interval95": local["kept_interval95"]}
+            lines.append(f"| {label(run)} | {point['edits']} | {count(chat['answered'])} | {count(chat['rephrased'])} | "
+                         f"{count(chat['rephrased_with_subject'])} | {local['agreement']:.3f} | {count(kept)} |")
+    return _table(["run", "edits", "answers", "rephrasings", "rephrasings naming the subject",
+                   "locality: token agreement", "locality: first 8 words kept"], lines)
+
+
 def correlation_table(runs: list[dict]) -> str:
     views = [(label(run), model_perspective(run)) for run in runs]
     return _table(["run", "checkpoints", "Pearson r", "Spearman rho"],
@@ -194,6 +214,9 @@ def write_report(out_dir: Path, runs: list[dict] | None = None) -> Path:
         text += ["## Perplexity of the new targets under the unedited model", "",
                  _table(["run", "mean", "median"], [f"| {name} | {t['mean']:.1f} | {t['median']:.1f} |"
                                                     for name, t in targets]), ""]
+    chat = chat_table(runs)
+    if chat.count("\n") > 1:
+        text += ["## Chat: answers, rephrasings and locality", "", chat, ""]
     text += ["## L1 growth against retention efficacy", "", correlation_table(runs), "",
              "## Every checkpoint", "", checkpoint_table(runs), "",
              "![metrics](metrics.png)", "", "![L1 growth](l1.png)", "", "![model perspective](model-perspective.png)", ""]
