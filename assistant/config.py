@@ -20,7 +20,7 @@ from assistant.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.toml"
-METHODS = ("d4s", "memit-seq", "memit")
+METHODS = ("d4s", "d4s-null", "memit-seq", "alphaedit", "memit")
 # An operations-console user: "name:pbkdf2_sha256$ITERATIONS$SALT$HASH" (ui.auth makes and checks them).
 ADMIN_ENTRY = re.compile(r"[^:\s]{1,64}:pbkdf2_sha256\$\d+\$[0-9a-f]{16,}\$[0-9a-f]{64}")
 
@@ -84,11 +84,15 @@ class CovarianceConfig:
 
 @dataclass(frozen=True)
 class EditingConfig:
-    method: str = _help("d4s, memit-seq or memit", "d4s")
+    method: str = _help("d4s, d4s-null (D4S solved in C's null space), memit-seq, alphaedit (sequential, "
+                        "null space) or memit", "d4s")
     layers: list = _help("edited layer indices, ascending", [3, 4, 5, 6, 7])
     chat_layers: list = _help("edited layer indices for facts that carry a question (chat edits), "
                               "ascending; [] = the same as layers", [6, 7, 8, 9, 10])
     mom2_weight: float = _help("lambda: weight of the covariance term", 500.0)
+    null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
+                                   "smallest eigenvalues) that edits may change", 0.7)
+    null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over",
                                    ["", "Here is a fact. ", "I learned that ", "Did you know? "])
@@ -118,6 +122,8 @@ class EditingConfig:
         _check_layer_list("chat_layers", list(self.chat_layers), may_be_empty=True)
         if self.mom2_weight <= 0:
             raise ConfigError("[editing] mom2_weight (lambda) must be positive")
+        if not 0 < self.null_space_keep <= 1 or self.null_space_alpha <= 0:
+            raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("[editing] batch_size and steps must be at least 1")
         if min(self.refine_rounds, self.lead_in_tokens, self.tokens_per_pass) < 0:

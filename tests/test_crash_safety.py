@@ -64,7 +64,7 @@ def check_after_restart(config_file: str, approved: set[int], generations_seen: 
         assert status.generation == generation >= generations_seen[-1]
         served = editor.current_weights()
         for layer in editor.layers:                                 # a fresh solve of the committed sums
-            fresh = (editor.W0[layer].double() + editor.sums.offset(layer, editor.C[layer],
+            fresh = (editor.W0[layer].double() + editor.sums.offset(layer, editor.prior(layer),
                                                                      config.editing.mom2_weight)).to(served[layer].dtype)
             assert torch.equal(served[layer], fresh), f"layer {layer} is not W0 + the committed sums"
         kept = sorted(p.name for p in editor.sums_dir.iterdir()) if editor.sums_dir.exists() else []

@@ -105,10 +105,10 @@ class BatchSolver:
                 K, H, owner = measure(layer)
             R = spread_residual(Z, H, len(layers) - j)              # (d, m)
             if known_keys is None:
-                strategy.add_batch(sums, layer, K, R, ed.C[layer], lam)
+                strategy.add_batch(sums, layer, K, R, ed.prior(layer), lam)
             else:
                 K, R = known_keys[layer], R * only[owner].to(R.dtype)
-                strategy.raise_residuals(sums, layer, K, R, ed.C[layer], lam)
+                strategy.raise_residuals(sums, layer, K, R, ed.prior(layer), lam)
             weights[layer] = ed.solve_weight(sums, layer)
             ed._set_weight(ed.shadow, layer, weights[layer])
             keys[layer], residuals[layer] = K, R

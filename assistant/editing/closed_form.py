@@ -21,6 +21,31 @@ def d4s_delta(S: torch.Tensor, T: torch.Tensor, C: torch.Tensor, lam: float) -> 
     return torch.linalg.solve(A, S.T).T
 
 
+def null_space_projector(C: torch.Tensor, keep: float) -> torch.Tensor:
+    """P = U U^T over the eigenvectors of C with the smallest eigenvalues, ``keep`` of all
+    d_in directions (AlphaEdit's null space of the preserved keys; keep = 1 is the identity)."""
+    if keep >= 1:
+        return torch.eye(C.shape[0], dtype=C.dtype)
+    _, vectors = torch.linalg.eigh(C)                      # eigenvalues ascending
+    U = vectors[:, :round(keep * C.shape[0])]
+    return U @ U.T
+
+
+def null_space_delta(S: torch.Tensor, T: torch.Tensor, P: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Null-space D4S: Delta = S P (T P + alpha I)^-1 from D4S's sums, the AlphaEdit solution
+    min ||Delta K - R||^2 + alpha ||Delta||^2 over Delta = Delta P. T P is not symmetric, so
+    this is an LU solve of the transposed system (P T + alpha I) Delta^T = P S^T."""
+    A = P @ T + alpha * torch.eye(T.shape[0], dtype=T.dtype)
+    return torch.linalg.solve(A, P @ S.T).T
+
+
+def alphaedit_delta(K: torch.Tensor, R: torch.Tensor, T_before: torch.Tensor, P: torch.Tensor,
+                    alpha: float) -> torch.Tensor:
+    """AlphaEdit's sequential update of one batch: R K^T P (T_before P + K K^T P + alpha I)^-1,
+    with T_before the earlier batches' keys (sum k k^T); added to the current weights."""
+    return null_space_delta(R @ K.T, T_before + K @ K.T, P, alpha)
+
+
 def outer_sums(K: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The terms one batch adds to D4S's sums: (R K^T, K K^T)."""
     return R @ K.T, K @ K.T

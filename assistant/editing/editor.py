@@ -31,7 +31,7 @@ from assistant.facts import Fact
 from assistant.model.architectures import architecture_of, get_module, layer_count, stored_weight, weight_matrix
 from assistant.model.loading import LoadedModel, load_model
 from assistant.model.weights_lock import WeightsLock
-from assistant.state.identity import check_identity, state_dir_for, state_identity
+from assistant.state.identity import check_identity, state_dir_for
 from assistant.state.l1 import LayerNorms, layer_norms
 from assistant.state.ledger import EditRecord, Ledger, NewEdit, StateStatus
 from assistant.state.sums import EditSums, edited_weight, read_generation, remove_other_generations, strategy_for, \
@@ -76,7 +76,7 @@ def check_retractable(record: EditRecord | None, edit_id: int, method: str) -> N
     if record.status != "active":
         raise StateError(f"edit {edit_id} is already {record.status}")
     if not strategy_for(method).removable:
-        raise EditRejected(f"this state uses {method}; exact retraction needs d4s")
+        raise EditRejected(f"this state uses {method}; exact retraction needs d4s or d4s-null")
 
 
 class Editor:
@@ -88,6 +88,7 @@ class Editor:
         self.editing, self.system_prompt = editing, system_prompt
         self._ledger, self.sums, self.sums_dir = ledger, sums, sums_dir
         self.C = covariances
+        self._priors: dict[int, object] = {}
         self.arch = architecture_of(self.model)
         self.layers = editing.all_layers          # every layer some fact may edit
         self.names = {layer: self.arch.edited_module.format(layer) for layer in self.layers}
@@ -110,9 +111,7 @@ class Editor:
         folder.mkdir(parents=True, exist_ok=True)
         ledger = Ledger.in_state(folder)
         try:
-            identity = check_identity(ledger, state_identity(config, loaded.fingerprint,
-                                                             method or config.editing.method),
-                                      folder, method is not None)
+            identity = check_identity(ledger, config, loaded.fingerprint, method, folder)
             arch = architecture_of(loaded.model)
             names = {layer: arch.edited_module.format(layer) for layer in config.editing.all_layers}
             last_block = get_module(loaded.model, arch.block_module.format(config.editing.all_layers[-1]))
@@ -184,9 +183,16 @@ class Editor:
         parameter = get_module(model, self.names[layer]).weight
         parameter.copy_(stored_weight(W, self.arch.weight_transposed).to(parameter.device))
 
+    def prior(self, layer: int):
+        """What the state's method solves ``layer`` with: C itself, or the projector onto C's
+        null space for the null-space methods (an eigendecomposition, made once per layer)."""
+        if layer not in self._priors:
+            self._priors[layer] = self.sums.strategy.prior(self.C[layer], self.editing)
+        return self._priors[layer]
+
     def solve_weight(self, sums: EditSums, layer: int) -> torch.Tensor:
         """W0 + the offset ``sums`` give ``layer``; refused if it is not finite."""
-        W = edited_weight(self.W0[layer], sums.offset(layer, self.C[layer], self.editing.mom2_weight))
+        W = edited_weight(self.W0[layer], sums.offset(layer, self.prior(layer), self.editing.mom2_weight))
         if not torch.isfinite(W).all():
             raise EditRejected(f"the edit made layer {layer}'s weights non-finite; nothing was applied")
         return W

@@ -18,9 +18,12 @@ def state_dir_for(config, state_dir: Path | str | None = None) -> Path:
     return Path(chosen).expanduser() if chosen else config.paths.home_dir() / "state"
 
 
+NULL_SPACE_METHODS = ("d4s-null", "alphaedit")      # their solves also depend on [editing] null_space_*
+
+
 def state_identity(config, model_fingerprint: str, method: str) -> dict:
     cov = config.covariance
-    return {
+    identity = {
         "method": method,
         "model_fingerprint": model_fingerprint,
         "layers": list(config.editing.layers),
@@ -28,17 +31,21 @@ def state_identity(config, model_fingerprint: str, method: str) -> dict:
         "mom2_weight": config.editing.mom2_weight,
         "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
     }
+    if method in NULL_SPACE_METHODS:
+        identity["null_space_keep"] = config.editing.null_space_keep
+        identity["null_space_alpha"] = config.editing.null_space_alpha
+    return identity
 
 
-def check_identity(ledger, wanted: dict, folder: Path, method_given: bool) -> dict:
-    """The state's identity: ``wanted`` stored on a fresh state, else checked against the stored
-    one (the stored method is kept when none was given). A mismatch names the key."""
+def check_identity(ledger, config, model_fingerprint: str, method: str | None, folder: Path) -> dict:
+    """The state's identity: the config's stored on a fresh state, else checked against the
+    stored one (the stored method is kept when none was given). A mismatch names the key."""
     stored = ledger.meta()
     if not stored:
+        wanted = state_identity(config, model_fingerprint, method or config.editing.method)
         ledger.set_meta({**wanted, "model_path": None})
         return wanted
-    if not method_given:
-        wanted = {**wanted, "method": stored["method"]}
+    wanted = state_identity(config, model_fingerprint, method or stored["method"])
     for key, value in wanted.items():
         had = stored.get(key, IDENTITY_BEFORE.get(key))
         if had != value:
@@ -46,6 +53,6 @@ def check_identity(ledger, wanted: dict, folder: Path, method_given: bool) -> di
                 f"state {folder} was made with {key} = {had!r}, but this run has {value!r}. "
                 "Use another --state-dir (or LIVEDIT_STATE_DIR) for a different experiment"
                 + (f", or set [editing] {key} = {had!r} in config.toml to keep using this state."
-                   if key in ("layers", "chat_layers", "mom2_weight") else ".")
+                   if key in ("layers", "chat_layers", "mom2_weight", "null_space_keep", "null_space_alpha") else ".")
             )
     return wanted

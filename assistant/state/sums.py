@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from assistant.editing.closed_form import d4s_delta, memit_delta, outer_sums
+from assistant.editing.closed_form import alphaedit_delta, d4s_delta, memit_delta, null_space_delta, null_space_projector, \
+    outer_sums
 from assistant.errors import ConfigError, EditRejected
 
 _GENERATION_FILE = re.compile(r"gen-(\d{6})\.safetensors$")
@@ -24,33 +26,70 @@ _GENERATION_FILE = re.compile(r"gen-(\d{6})\.safetensors$")
 
 class D4S:
     """Running sums S_l = sum r k^T and T_l = sum k k^T; the offset is solved from them, so an
-    edit's terms can be subtracted again (exact retraction and supersede)."""
+    edit's terms can be subtracted again (exact retraction and supersede). Its prior is the
+    keys' second moment C, weighted by lambda."""
     name = "d4s"
     one_batch = False          # batches of [editing] batch_size
     removable = True           # retract and supersede take an edit's terms out again
+
+    def prior(self, C: torch.Tensor, editing) -> torch.Tensor:
+        """What the solves need of a layer's C (computed once per layer by the editor)."""
+        return C
 
     def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
         return {f"S.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
                 f"T.{layer}": torch.zeros(d_in, d_in, dtype=torch.float64)}
 
-    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, C, lam: float) -> None:
+    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, prior, lam: float) -> None:
         sums.add(layer, K, R)
 
-    def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, C, lam: float) -> None:
+    def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, prior,
+                        lam: float) -> None:
         sums.raise_residuals(layer, K, E)
 
     def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
         sums.add(layer, K, R, sign=-1.0)
 
-    def offset(self, sums: "EditSums", layer: int, C: torch.Tensor, lam: float) -> torch.Tensor:
+    def offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
         S = sums.tensors[f"S.{layer}"]
-        return torch.zeros_like(S) if not S.any() else d4s_delta(S, sums.tensors[f"T.{layer}"], C, lam)
+        return torch.zeros_like(S) if not S.any() else self.solve(S, sums.tensors[f"T.{layer}"], prior, lam)
+
+    def solve(self, S: torch.Tensor, T: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+        return d4s_delta(S, T, C, lam)
+
+
+@dataclass(frozen=True)
+class NullSpace:
+    """A layer's prior for the null-space methods: the projector onto the directions of C
+    that the edits may change, and the ridge alpha."""
+    P: torch.Tensor
+    alpha: float
+
+
+def null_space_prior(C: torch.Tensor, editing) -> NullSpace:
+    return NullSpace(null_space_projector(C, editing.null_space_keep), editing.null_space_alpha)
+
+
+class NullSpaceD4S(D4S):
+    """D4S's running sums solved in the null space of the preserved keys (AlphaEdit's
+    projection): Delta = S P (T P + alpha I)^-1. The sums are D4S's, so retraction stays exact
+    and a rebuild bit-identical; only the solve differs."""
+    name = "d4s-null"
+
+    def prior(self, C: torch.Tensor, editing) -> NullSpace:
+        return null_space_prior(C, editing)
+
+    def solve(self, S: torch.Tensor, T: torch.Tensor, prior: NullSpace, lam: float) -> torch.Tensor:
+        return null_space_delta(S, T, prior.P, prior.alpha)
 
 
 class StackedMemit:
     """MEMIT's Delta_l per batch, solved at once and stacked; a batch's Delta mixes its facts
     and later keys were measured on it, so no edit can be taken out again."""
     removable = False
+
+    def prior(self, C: torch.Tensor, editing) -> torch.Tensor:
+        return C
 
     def __init__(self, name: str, one_batch: bool):
         self.name, self.one_batch = name, one_batch     # memit: every fact of a call in one batch
@@ -65,13 +104,48 @@ class StackedMemit:
         sums.stack(layer, memit_delta(K, E, C, lam))
 
     def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
-        raise EditRejected(f"{self.name} cannot take an edit out of the weights; exact retraction needs d4s")
+        raise EditRejected(f"{self.name} cannot take an edit out of the weights; exact retraction needs d4s or d4s-null")
 
     def offset(self, sums: "EditSums", layer: int, C: torch.Tensor, lam: float) -> torch.Tensor:
         return sums.tensors[f"delta.{layer}"]
 
 
-STRATEGIES = {s.name: s for s in (D4S(), StackedMemit("memit-seq", one_batch=False), StackedMemit("memit", one_batch=True))}
+class AlphaEdit:
+    """AlphaEdit in its published sequential form: each batch's update, projected onto the
+    null space of the preserved keys and regularised by the earlier batches' keys, is added
+    to the current weights. Keeps the stacked Delta and the keys' sum T = sum k k^T; like
+    memit-seq, no edit can be taken out again."""
+    name = "alphaedit"
+    one_batch = False
+    removable = False
+
+    def prior(self, C: torch.Tensor, editing) -> NullSpace:
+        return null_space_prior(C, editing)
+
+    def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
+        return {f"delta.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
+                f"T.{layer}": torch.zeros(d_in, d_in, dtype=torch.float64)}
+
+    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, prior: NullSpace,
+                  lam: float) -> None:
+        T = sums.tensors[f"T.{layer}"]
+        sums.stack(layer, alphaedit_delta(K, R, T, prior.P, prior.alpha))
+        T += K @ K.T
+
+    def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, prior: NullSpace,
+                        lam: float) -> None:
+        """A refinement round: the keys are already in T."""
+        sums.stack(layer, null_space_delta(E @ K.T, sums.tensors[f"T.{layer}"], prior.P, prior.alpha))
+
+    def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
+        raise EditRejected(f"{self.name} cannot take an edit out of the weights; exact retraction needs d4s or d4s-null")
+
+    def offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
+        return sums.tensors[f"delta.{layer}"]
+
+
+STRATEGIES = {s.name: s for s in (D4S(), NullSpaceD4S(), StackedMemit("memit-seq", one_batch=False), AlphaEdit(),
+                                   StackedMemit("memit", one_batch=True))}
 
 
 def strategy_for(method: str):
@@ -119,12 +193,12 @@ class EditSums:
         self.tensors[f"delta.{layer}"] += delta
 
     def T(self, layer: int) -> torch.Tensor | None:
-        """D4S's sum of the keys' outer products so far (None for the memit methods)."""
+        """The sum of the keys' outer products so far (None for the memit methods)."""
         return self.tensors.get(f"T.{layer}")
 
-    def offset(self, layer: int, C: torch.Tensor, lam: float) -> torch.Tensor:
-        """W_l - W0_l in float64."""
-        return self.strategy.offset(self, layer, C, lam)
+    def offset(self, layer: int, prior, lam: float) -> torch.Tensor:
+        """W_l - W0_l in float64, given the layer's prior (the strategy's view of C)."""
+        return self.strategy.offset(self, layer, prior, lam)
 
 
 def edited_weight(W0: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
