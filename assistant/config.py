@@ -61,13 +61,14 @@ class ModelConfig:
             raise ConfigError("[model] threads must be 0 (torch default) or a positive count")
 
 
-COVARIANCE_CORPORA = ("wikitext2_raw", "me_ppl", "zsre_chat")
+COVARIANCE_CORPORA = ("wikitext2_raw", "me_ppl", "zsre_chat", "zsre_own_chat")
 
 
 @dataclass(frozen=True)
 class CovarianceConfig:
     corpora: list = _help("corpora of shared_data: wikitext2_raw, me_ppl (text/), zsre_chat (zsRE questions "
-                          "and answers through the chat template)", ["wikitext2_raw", "me_ppl", "zsre_chat"])
+                          "and answers through the chat template), zsre_own_chat (zsRE questions with the "
+                          "model's own greedy answers)", ["wikitext2_raw", "me_ppl", "zsre_chat"])
     tokens: int = _help("number of corpus tokens the statistics are taken over", 60000)
     sequence_length: int = _help("tokens per forward pass while collecting keys", 256)
     batch_size: int = _help("sequences per forward pass", 8)

@@ -60,6 +60,24 @@ def test_chat_corpus_is_zsre_as_finished_chat_turns_from_the_last_record(chat_to
     assert "corpus zsre_chat holds" in caplog.text and "lower [covariance] tokens" in caplog.text
 
 
+def test_own_chat_corpus_holds_the_models_own_greedy_answers(llama_dir, chat_tokenizer, shared_data_dir):
+    from transformers import AutoModelForCausalLM
+
+    from assistant.editing.covariance import OWN_ANSWER_TOKENS, own_chat_texts
+    from assistant.model.chat import answers
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    questions = [r["src"] for r in reversed(edit_file_records(shared_data_dir, "zsre"))]
+    replies = answers(model, chat_tokenizer, questions, OWN_ANSWER_TOKENS)       # computed here in one batch
+    texts = list(own_chat_texts(model, chat_tokenizer, shared_data_dir, batch_size=3))
+    assert texts == [chat_transcript(chat_tokenizer, q, r) for q, r in zip(questions, replies)]
+    assert any(r for r in replies)                                               # the model did say something
+    cfg = CovarianceConfig(corpora=["wikitext2_raw", "zsre_own_chat"], tokens=1000, sequence_length=20)
+    stream = token_sequences(chat_tokenizer, shared_data_dir, cfg, model).flatten()
+    own = [i for text in texts for i in chat_tokenizer(text, add_special_tokens=False).input_ids]
+    assert stream[500:].tolist() == own[:len(stream) - 500]
+
+
 def test_chat_corpus_skips_records_without_a_question_or_an_answer(chat_tokenizer, tmp_path):
     (tmp_path / "zsre").mkdir()
     records = [{"src": "Where is Paris?", "answers": ["France"]}, {"src": "", "answers": ["Spain"]},

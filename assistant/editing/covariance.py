@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from assistant.config import CovarianceConfig
 from assistant.corpora import corpus_texts, edit_file_records
 from assistant.model.architectures import get_module
-from assistant.model.chat import chat_transcript
+from assistant.model.chat import answers, chat_transcript
 from assistant.model.hooks import capture_inputs, stop_after
 
 log = logging.getLogger(__name__)
+OWN_ANSWER_TOKENS = 48                 # zsre_own_chat: the longest answer of the model kept per question
 
 
 def chat_corpus_texts(tokenizer, shared_data: Path) -> list[str]:
@@ -32,24 +33,36 @@ def chat_corpus_texts(tokenizer, shared_data: Path) -> list[str]:
             for r in records if r.get("src") and r.get("answers")]
 
 
-def corpus_token_ids(tokenizer, shared_data: Path, name: str) -> Iterator[list[int]]:
+def own_chat_texts(model, tokenizer, shared_data: Path, batch_size: int = 16) -> Iterator[str]:
+    """zsRE's questions (from the last record back, as zsre_chat) with the model's own greedy
+    answers, as finished chat turns: the keys the served model meets while it answers."""
+    questions = [r["src"] for r in reversed(edit_file_records(shared_data, "zsre")) if r.get("src")]
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start:start + batch_size]
+        for question, reply in zip(chunk, answers(model, tokenizer, chunk, OWN_ANSWER_TOKENS)):
+            yield chat_transcript(tokenizer, question, reply)
+
+
+def corpus_token_ids(tokenizer, shared_data: Path, name: str, model=None) -> Iterator[list[int]]:
     """The token ids of each text of one corpus, in order (a chat turn's special tokens
-    are in its text, so none are added)."""
+    are in its text, so none are added). zsre_own_chat needs the (unedited) model."""
     if name == "zsre_chat":
         texts = chat_corpus_texts(tokenizer, shared_data)
+    elif name == "zsre_own_chat":
+        texts = own_chat_texts(model, tokenizer, shared_data)
     else:
         texts = [text + "\n" for text in corpus_texts(shared_data, name)]
     for text in texts:
         yield tokenizer(text, add_special_tokens=False).input_ids
 
 
-def token_sequences(tokenizer, shared_data: Path, cfg: CovarianceConfig) -> torch.Tensor:
+def token_sequences(tokenizer, shared_data: Path, cfg: CovarianceConfig, model=None) -> torch.Tensor:
     """(N, sequence_length) token ids: an equal share of cfg.tokens from each corpus."""
     share = cfg.tokens // len(cfg.corpora)
     pieces = []
     for name in cfg.corpora:
         stream: list[int] = []
-        for ids in corpus_token_ids(tokenizer, shared_data, name):
+        for ids in corpus_token_ids(tokenizer, shared_data, name, model):
             stream += ids
             if len(stream) >= share:
                 break
@@ -97,7 +110,7 @@ def load_or_compute(model, tokenizer, module_names: dict[int, str], last_block: 
     missing = {layer: name for layer, name in module_names.items() if not paths[layer].exists()}
     if missing:
         log.info("computing covariance for layers %s over %d tokens", sorted(missing), cfg.tokens)
-        sequences = token_sequences(tokenizer, shared_data, cfg)
+        sequences = token_sequences(tokenizer, shared_data, cfg, model)
         computed = collect_second_moments(model, missing, last_block, sequences, cfg.batch_size, progress)
         folder.mkdir(parents=True, exist_ok=True)
         for layer, C in computed.items():
