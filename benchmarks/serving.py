@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import threading
 import time
@@ -104,6 +105,28 @@ def apply_seconds(config, loaded, state_root: Path, kind: str, size: int) -> dic
             "slice": {"data": name, "start": start, "count": size}}
 
 
+def markdown(results: dict) -> str:
+    """The README's tables from a results file."""
+    pause, chat = results["swap_pause"], results["chat"]
+    idle, busy = chat["idle"], chat["during_apply"] or {}
+    lines = ["| measure | result | target |", "|---|---|---|",
+             f"| swap pause, median / p95 over {pause['commits']} commits | {1000 * pause['median']:.1f} ms / "
+             f"{1000 * pause['p95']:.1f} ms | <= 50 ms |",
+             f"| chat time to first token, idle / during an apply | {1000 * idle['ttft_median']:.0f} ms / "
+             f"{1000 * busy.get('ttft_median', float('nan')):.0f} ms | - |",
+             f"| chat tokens/s, idle / during an apply | {idle['tokens_per_second_median']:.1f} / "
+             f"{busy.get('tokens_per_second_median', float('nan')):.1f} ({100 * (chat['ratio_tokens_per_second'] or 0):.0f}%)"
+             " | >= 60% of idle |",
+             "", "| facts | batch | s/fact | solve s | guard s | commit s | guard | agreement loss per fact |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in results.get("apply", []):
+        figures = row["guard_figures"]
+        lines.append(f"| {row['kind']} | {row['batch_size']} | {row['seconds_per_fact']:.1f} | {row['solve_seconds']:.1f} | "
+                     f"{row['guard_seconds']:.1f} | {row['commit_seconds']:.2f} | {row['guard']} | "
+                     f"{figures['agreement_drop'] / row['batch_size']:.4f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common_arguments(parser)
@@ -111,7 +134,11 @@ def main() -> None:
     parser.add_argument("--chat-tokens", type=int, default=32)
     parser.add_argument("--cloze-sizes", type=int, nargs="*", default=[1, 8, 32])
     parser.add_argument("--chat-sizes", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument("--table-only", action="store_true", help="print the tables of an existing --out file")
     args = parser.parse_args()
+    if args.table_only:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     config = configured(args.set)
     root = Path(args.state_dir)
     loaded = load_model(config)
@@ -133,6 +160,7 @@ def main() -> None:
             print("apply", results["apply"][-1], flush=True)
             write_json(args.out, results)
     write_json(args.out, results)
+    print(markdown(results))
 
 
 if __name__ == "__main__":
