@@ -71,11 +71,18 @@ def scored_logprobs(model, probes: list[Probe], pad_id: int, batch_size: int = 8
     return torch.cat(rows)
 
 
-def question_probes(model, tokenizer, questions: list[str], answer_tokens: int, system_prompt: str = "") -> list[Probe]:
-    """Each question in the chat template, followed by the model's own greedy answer."""
+def answered_probes(model, tokenizer, questions: list[str], answer_tokens: int,
+                    system_prompt: str = "") -> list[tuple[str, Probe]]:
+    """Each question that the model answers, with its probe: the question in the chat
+    template followed by the model's own greedy answer."""
     prompts = [encode_chat_prompt(tokenizer, chat_prompt(tokenizer, q, system_prompt)) for q in questions]
     replies = greedy_token_continuations(model, tokenizer, prompts, answer_tokens)
-    return [Probe(p + r, len(p)) for p, r in zip(prompts, replies) if r]
+    return [(q, Probe(p + r, len(p))) for q, p, r in zip(questions, prompts, replies) if r]
+
+
+def question_probes(model, tokenizer, questions: list[str], answer_tokens: int, system_prompt: str = "") -> list[Probe]:
+    """Each question in the chat template, followed by the model's own greedy answer."""
+    return [probe for _, probe in answered_probes(model, tokenizer, questions, answer_tokens, system_prompt)]
 
 
 def text_probes(tokenizer, texts: list[str], tokens: int) -> list[Probe]:

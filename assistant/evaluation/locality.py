@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.corpora import edit_file_records
-from assistant.evaluation.drift import DriftReference, Probe, measure_drift, reference
+from assistant.evaluation.drift import DriftReference, answered_probes, measure_drift, reference
 from assistant.evaluation.metrics import same_start, wilson
 from assistant.facts import Fact
-from assistant.model.chat import answers, chat_prompt, encode_chat_prompt, greedy_token_continuations
+from assistant.model.chat import answers
 
 NQ_PREFIX = "nq question:"
 
@@ -76,12 +76,10 @@ def general_questions(shared_data: Path, count: int) -> list[str]:
 def locality_reference(model, tokenizer, questions: list[str], max_new_tokens: int,
                        system_prompt: str = "") -> LocalityReference:
     """The unedited model's answers and its figures along them (``model`` must be unedited)."""
-    prompts = [encode_chat_prompt(tokenizer, chat_prompt(tokenizer, q, system_prompt)) for q in questions]
-    replies = greedy_token_continuations(model, tokenizer, prompts, max_new_tokens)
-    kept = [(q, p, r) for q, p, r in zip(questions, prompts, replies) if r]
-    probes = [Probe(p + r, len(p)) for _, p, r in kept]
-    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for _, _, r in kept]
-    return LocalityReference([q for q, _, _ in kept], texts, reference(model, probes, tokenizer.pad_token_id),
+    answered = answered_probes(model, tokenizer, questions, max_new_tokens, system_prompt)
+    probes = [probe for _, probe in answered]
+    texts = [tokenizer.decode(p.ids[p.first:], skip_special_tokens=True).strip() for p in probes]
+    return LocalityReference([q for q, _ in answered], texts, reference(model, probes, tokenizer.pad_token_id),
                              max_new_tokens, system_prompt)
 
 
