@@ -1,0 +1,93 @@
+"""Locality candidate: a gate on the edited layers' change (assistant/editing/gate.py).
+Edits QAEdit questions in one model (or reuses a state that already holds them), records the
+change ratio ||Delta k|| / ||W0 k|| on the edited questions, their rephrasings and unrelated
+questions, then scores answers, rephrasings and locality with the gate at each threshold
+(no gate first).
+
+    LIVEDIT_HOME=.livedit-test-home python -m benchmarks.gated_locality --start 100 --count 16 \
+        --set editing.refine_rounds=0 --thresholds 0.25,0.4,0.55 --state-dir /tmp/gated \
+        --out benchmarks/results/gated-locality-cpu-tune-100-115.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+
+from assistant.editing.editor import Editor
+from assistant.editing.gate import gated
+from assistant.evaluation.locality import locality_reference, measure_locality, unrelated_questions
+from assistant.evaluation.metrics import chat_scores
+from assistant.model.architectures import get_module
+from assistant.model.chat import answers
+from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
+
+
+def largest_ratios(editor: Editor, modules, changes, questions: list[str], system: str) -> list[dict[int, float]]:
+    """Per question, each layer's largest change ratio over the prompt's tokens."""
+    rows = []
+    for question in questions:
+        ratios: dict[int, list[float]] = {}
+        with gated(modules, changes, threshold=0.0, ratios=ratios):
+            answers(editor.model, editor.tokenizer, [question], 1, system)
+        rows.append({layer: max(values) for layer, values in ratios.items()})
+    return rows
+
+
+def summary(rows: list[dict[int, float]], layer: int) -> dict:
+    values = sorted(row[layer] for row in rows)
+    return {"min": values[0], "median": statistics.median(values), "max": values[-1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--start", type=int, default=100)
+    parser.add_argument("--count", type=int, default=16)
+    parser.add_argument("--thresholds", default="0.25,0.4,0.55")
+    parser.add_argument("--general-questions", type=int, default=50)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    common_arguments(parser)
+    args = parser.parse_args()
+    config = configured(args.set)
+    started_in = environment()
+    facts = load_slice(config, "qaedit", args.start, args.count)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    with Editor.open(config, state_dir=args.state_dir) as editor:
+        tok, system, length = editor.tokenizer, config.chat.system_prompt, args.max_new_tokens
+        questions = unrelated_questions(facts, config.paths.shared_data_dir(), args.general_questions)
+        with editor.unedited() as unedited:
+            reference = locality_reference(unedited, tok, questions, length, system)
+        edited = {record.fact.id for record in editor.edits("active")}
+        if not all(f.id in edited for f in facts):
+            editor.apply([f for f in facts if f.id not in edited])
+        current = editor.current_weights()
+        layers = [layer for layer in editor.layers if not current[layer].equal(editor.W0[layer])]
+        modules = {layer: get_module(editor.model, editor.names[layer]) for layer in layers}
+        changes = {layer: current[layer] - editor.W0[layer] for layer in layers}
+        ratio_rows = {"edited": largest_ratios(editor, modules, changes, [f.question for f in facts], system),
+                      "rephrased": largest_ratios(editor, modules, changes, [f.paraphrases[0] for f in facts], system),
+                      "unrelated": largest_ratios(editor, modules, changes, questions, system)}
+        rows = []
+        for threshold in [None] + thresholds:
+            if threshold is None:
+                after, locality = chat_scores(editor.model, tok, facts, length, system), measure_locality(editor.model, tok, reference)
+            else:
+                with gated(modules, changes, threshold):
+                    after = chat_scores(editor.model, tok, facts, length, system)
+                    locality = measure_locality(editor.model, tok, reference)
+            rows.append({"threshold": threshold, "after": after.to_json(), "locality": locality.to_json()})
+            print(f"threshold {threshold}: answers {after.answered}/{after.questions}, rephrasings "
+                  f"{after.rephrased}/{after.rephrasings}, agreement {locality.agreement:.3f}, kept "
+                  f"{locality.kept}/{locality.questions}", flush=True)
+    write_json(args.out, {
+        "data": "qaedit", "start": args.start, "count": len(facts), "config": dataclasses.asdict(config.editing),
+        "covariance": dataclasses.asdict(config.covariance), "environment": started_in,
+        "general_questions": args.general_questions, "max_new_tokens": length,
+        "change_ratios": {kind: {layer: summary(found, layer) for layer in layers} for kind, found in ratio_rows.items()},
+        "rows": rows,
+    })
+
+
+if __name__ == "__main__":
+    main()
