@@ -94,6 +94,9 @@ class EditingConfig:
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
+    gate: float = _help("keep an edited layer's change only on tokens where it exceeds this share of the "
+                        "unedited layer's output (locality; the served model needs W0 beside W, so export "
+                        "and weight patches are refused); 0 = no gate", 0.0)
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over",
                                    ["", "Here is a fact. ", "I learned that ", "Did you know? "])
@@ -125,6 +128,8 @@ class EditingConfig:
             raise ConfigError("[editing] mom2_weight (lambda) must be positive")
         if not 0 < self.null_space_keep <= 1 or self.null_space_alpha <= 0:
             raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
+        if self.gate < 0:
+            raise ConfigError("[editing] gate must be 0 (off) or a positive share of the unedited output")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("[editing] batch_size and steps must be at least 1")
         if min(self.refine_rounds, self.lead_in_tokens, self.tokens_per_pass) < 0:

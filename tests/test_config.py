@@ -66,6 +66,7 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"mom2_weight": -1.0}}, "mom2_weight"),
     ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
     ({"editing": {"refine_rounds": -1}}, "refine_rounds"),
+    ({"editing": {"gate": -0.1}}, "gate"),
     ({"model": {"dtype": "float8"}}, "dtype"),
     ({"model": {"device": "tpu"}}, "device"),
     ({"covariance": {"corpora": ["c4"]}}, "corpora"),

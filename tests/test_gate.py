@@ -39,3 +39,37 @@ def test_gated_layer_keeps_the_edited_key_and_answers_others_unedited():
     assert not torch.allclose(ungated[0, 1], unedited[0, 1], atol=1e-6)
     assert list(ratios) == [7] and ratios[7][0] > 0.5
     assert torch.equal(layer(keys), ungated)                        # the hook is gone after the block
+
+
+def logits(model, tokenizer, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tokenizer(text, return_tensors="pt")).logits
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_the_editor_serves_and_solves_through_the_gate(model, open_engine, make_config, facts, tokenizer):
+    """A gate no change can pass serves the unedited model's answers from edited weights, on
+    the served model and the shadow; plain weights are refused; closing removes the gate."""
+    from assistant.editing.editor import Editor
+    from assistant.errors import ConfigError
+    from assistant.model.loading import load_model
+    from assistant.state.patch import patch_from_editor
+
+    pristine = load_model(make_config(model)).model
+    editor = open_engine(model, gate=1e9)
+    editor.apply(facts[:2])
+    text = facts[0].prompt.format(facts[0].subject)
+    assert any(not W.equal(editor.W0[layer]) for layer, W in editor.current_weights().items())
+    assert torch.allclose(logits(editor.model, tokenizer, text), logits(pristine, tokenizer, text), atol=1e-5)
+    assert torch.allclose(logits(editor.shadow, tokenizer, text), logits(pristine, tokenizer, text), atol=1e-5)
+    with pytest.raises(ConfigError, match="gate"):
+        editor.export(editor.sums_dir.parent / "exported")
+    with pytest.raises(ConfigError, match="gate"):
+        patch_from_editor(editor)
+    editor.close()
+    assert not torch.allclose(logits(editor.model, tokenizer, text), logits(pristine, tokenizer, text), atol=1e-5)
+    ungated = Editor.open(make_config(model), state_dir=editor.sums_dir.parent, progress=False)   # gate 0: the same state
+    try:
+        assert torch.equal(logits(ungated.model, tokenizer, text), logits(editor.model, tokenizer, text))
+    finally:
+        ungated.close()

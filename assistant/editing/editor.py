@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import torch
 from assistant.config import METHODS, Config, EditingConfig
 from assistant.editing.batch_solve import BatchSolver
 from assistant.editing.covariance import load_or_compute
+from assistant.editing.gate import gated
 from assistant.editing.prompts import PromptSettings, check_lengths
 from assistant.errors import ConfigError, EditRejected, InvalidFact, StateError
 from assistant.facts import Fact
@@ -95,6 +96,13 @@ class Editor:
         self.weights = WeightsLock()            # generations read the served weights; commits swap them
         self.W0 = {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
         self.shadow = make_shadow(self.model, list(self.names.values()))   # holds a pending candidate
+        self._changes: dict[int, dict[int, torch.Tensor]] = {}   # id(model) -> layer -> W - W0, for the gate
+        self._gates = ExitStack()
+        if editing.gate > 0:
+            for model in (self.model, self.shadow):
+                self._changes[id(model)] = {layer: torch.zeros_like(self._weight(model, layer)) for layer in self.layers}
+                modules = {layer: get_module(model, name) for layer, name in self.names.items()}
+                self._gates.enter_context(gated(modules, self._changes[id(model)], editing.gate))
         self.prompts = PromptSettings.from_editing(editing, system_prompt)
         self._solver = BatchSolver(self)
         self._pending: Candidate | None = None
@@ -135,7 +143,8 @@ class Editor:
             raise
 
     def close(self) -> None:
-        """Close the ledger; the served model stays as it is (W0 + the committed edits)."""
+        """Close the ledger and remove the gate's hooks; the served model keeps W0 + the committed edits."""
+        self._gates.close()
         self._ledger.close()
 
     def __enter__(self) -> "Editor":
@@ -182,6 +191,14 @@ class Editor:
     def _set_weight(self, model, layer: int, W: torch.Tensor) -> None:
         parameter = get_module(model, self.names[layer]).weight
         parameter.copy_(stored_weight(W, self.arch.weight_transposed).to(parameter.device))
+        if id(model) in self._changes:
+            self._changes[id(model)][layer] = (W - self.W0[layer]).to(parameter.device, parameter.dtype)
+
+    def check_plain_weights(self, what: str) -> None:
+        """Refuse ``what`` (an export or a weight patch) when the gate is on: plain weights cannot hold it."""
+        if self.editing.gate > 0:
+            raise ConfigError(f"{what} holds plain weights, which cannot carry the gate ([editing] gate = "
+                              f"{self.editing.gate}); serve this state with livedit, or edit with gate = 0")
 
     def prior(self, layer: int):
         """What the state's method solves ``layer`` with: C itself, or the projector onto C's
@@ -396,6 +413,7 @@ class Editor:
 
     def export(self, out: Path) -> Path:
         """A standard Hugging Face checkpoint of the edited model."""
+        self.check_plain_weights("an exported checkpoint")
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise StateError(f"{out} exists and is not empty; choose a new folder")

@@ -133,6 +133,7 @@ def patch_from_editor(editor, since: int = 0) -> WeightPatch:
     The weights are rebuilt from the sums file that the ledger's last generation names, as a
     restart would rebuild them, so the generation and the weights always belong together,
     even while another thread commits (a file removed under us is read again)."""
+    editor.check_plain_weights("a weight patch")
     with closing(Ledger(editor.sums_dir.parent / LEDGER_FILE)) as ledger:     # its own connection
         for _ in range(3):
             generation, file = ledger.current_generation()
