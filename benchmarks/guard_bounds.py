@@ -24,6 +24,7 @@ from updater.guard import Guard
 
 CLOZE = ("counterfact", 0, 32)          # records 0-31 of CounterFact: the speed benchmark's slice
 CHAT = ("qaedit", 100, 8)               # records 100-107 of QAEdit: the tuning slice
+CHAT_ALONE = ("qaedit", 108, 1)         # a chat correction that arrives alone (the tuning slice)
 BATCH = 8
 
 # Corrections that nobody should make: their "subjects" are the commonest words, so the edit's
@@ -47,7 +48,8 @@ def measure(editor: Editor, guard: Guard, facts, commit: bool) -> dict:
 
 
 def run(config: Config, state_dir: str) -> dict:
-    shared = {"cloze": load_slice(config, *CLOZE), "chat": load_slice(config, *CHAT)}
+    shared = {"cloze": load_slice(config, *CLOZE), "chat": load_slice(config, *CHAT),
+              "chat alone": load_slice(config, *CHAT_ALONE)}
     with Editor.open(config, state_dir=state_dir) as editor:
         if editor.generation:
             raise SystemExit(f"{state_dir} already holds edits; give a fresh --state-dir")
@@ -81,7 +83,7 @@ def main() -> None:
         "harmful_refused_by_config": sum(r["verdict"] == "refuse" for r in harmful),
     }
     write_json(args.out, {"environment": environment(), "config": dataclasses.asdict(config), "overrides": args.set,
-                          "slices": {"cloze": CLOZE, "chat": CHAT}, "batch_size": BATCH,
+                          "slices": {"cloze": CLOZE, "chat": CHAT, "chat alone": CHAT_ALONE}, "batch_size": BATCH,
                           "seed": "none: fixed slices, greedy answers", "summary": summary, **results})
     print(summary)
 
