@@ -96,7 +96,7 @@ class EditingConfig:
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
     gate: float = _help("keep an edited layer's change only on tokens where it exceeds this share of the "
                         "unedited layer's output (locality; the served model needs W0 beside W, so export "
-                        "and weight patches are refused); 0 = no gate", 0.0)
+                        "and weight patches are refused); 0 = no gate", 0.4)
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over",
                                    ["", "Here is a fact. ", "I learned that ", "Did you know? "])
@@ -268,6 +268,12 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ui: UIConfig = field(default_factory=UIConfig)
 
+    def __post_init__(self):
+        if self.editing.gate > 0 and self.scheduler.snapshot_minutes > 0:
+            raise ConfigError("[scheduler] snapshot_minutes > 0 writes plain-weight patches, which cannot carry "
+                              f"the gate ([editing] gate = {self.editing.gate}): set gate = 0 for a fleet of "
+                              "replicas, or snapshot_minutes = 0")
+
     def replace(self, section: str, **changes) -> "Config":
         """A copy with some keys of one section changed (validated again)."""
         updated = dataclasses.replace(getattr(self, section), **changes)
@@ -315,6 +321,7 @@ def config_from_dict(data: dict) -> Config:
 def with_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply ``SECTION.KEY=VALUE`` overrides; VALUE is read as TOML (``1500``, ``[3, 4]``,
     ``true``), or as a plain string when it is not TOML."""
+    tables: dict[str, dict] = {}
     for text in overrides:
         key, equals, raw = text.partition("=")
         section, dot, name = key.strip().partition(".")
@@ -326,10 +333,10 @@ def with_overrides(config: Config, overrides: list[str]) -> Config:
             value = tomllib.loads(f"value = {raw.strip()}")["value"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
-        table = {**dataclasses.asdict(getattr(config, section)), name: value}
-        config = dataclasses.replace(config, **{section: _section_from_table(type(getattr(config, section)),
-                                                                            section, table)})
-    return config
+        tables.setdefault(section, dataclasses.asdict(getattr(config, section)))[name] = value
+    # one replace at the end, so the checks across sections see every override at once
+    return dataclasses.replace(config, **{section: _section_from_table(type(getattr(config, section)), section, table)
+                                          for section, table in tables.items()})
 
 
 def load_config(path: Path | str | None = None) -> Config:

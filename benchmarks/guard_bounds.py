@@ -70,6 +70,7 @@ def main() -> None:
     common_arguments(parser)
     args = parser.parse_args()
     config = configured(args.set)
+    started_in = environment()
     results = run(config, args.state_dir)
     normal, harmful = results["normal"], results["harmful"]
     summary = {
@@ -82,7 +83,7 @@ def main() -> None:
         "normal_committed_by_config": sum(r["verdict"] == "commit" for r in normal),
         "harmful_refused_by_config": sum(r["verdict"] == "refuse" for r in harmful),
     }
-    write_json(args.out, {"environment": environment(), "config": dataclasses.asdict(config), "overrides": args.set,
+    write_json(args.out, {"environment": started_in, "config": dataclasses.asdict(config), "overrides": args.set,
                           "slices": {"cloze": CLOZE, "chat": CHAT, "chat alone": CHAT_ALONE}, "batch_size": BATCH,
                           "seed": "none: fixed slices, greedy answers", "summary": summary, **results})
     print(summary)

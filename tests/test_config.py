@@ -67,6 +67,7 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
     ({"editing": {"refine_rounds": -1}}, "refine_rounds"),
     ({"editing": {"gate": -0.1}}, "gate"),
+    ({"editing": {"gate": 0.4}, "scheduler": {"snapshot_minutes": 10.0}}, "snapshot_minutes"),
     ({"model": {"dtype": "float8"}}, "dtype"),
     ({"model": {"device": "tpu"}}, "device"),
     ({"covariance": {"corpora": ["c4"]}}, "corpora"),
@@ -139,6 +140,16 @@ def test_overrides_are_read_as_toml_and_validated():
     assert config.editing.mom2_weight == 1500.0 and config.editing.layers == [2, 3]
     assert config.editing.key_mode == "per_form" and config.editing.end_chat_answer is False
     assert config.model == load_config().model
+
+
+def test_overrides_are_checked_across_sections_together():
+    gated = Config().replace("editing", gate=0.4)
+    # in either order: the gate switched off and the snapshot job switched on is a valid whole
+    for order in (["scheduler.snapshot_minutes=5", "editing.gate=0"], ["editing.gate=0", "scheduler.snapshot_minutes=5"]):
+        config = with_overrides(gated, order)
+        assert config.editing.gate == 0.0 and config.scheduler.snapshot_minutes == 5.0
+    with pytest.raises(ConfigError, match="snapshot_minutes"):
+        with_overrides(gated, ["scheduler.snapshot_minutes=5"])
 
 
 @pytest.mark.parametrize("override, named", [

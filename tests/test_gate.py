@@ -68,7 +68,7 @@ def test_the_editor_serves_and_solves_through_the_gate(model, open_engine, make_
         patch_from_editor(editor)
     editor.close()
     assert not torch.allclose(logits(editor.model, tokenizer, text), logits(pristine, tokenizer, text), atol=1e-5)
-    ungated = Editor.open(make_config(model), state_dir=editor.sums_dir.parent, progress=False)   # gate 0: the same state
+    ungated = Editor.open(make_config(model, gate=0.0), state_dir=editor.sums_dir.parent, progress=False)
     try:
         assert torch.equal(logits(ungated.model, tokenizer, text), logits(editor.model, tokenizer, text))
     finally:

@@ -18,7 +18,8 @@ from assistant.state.patch import (MANIFEST, MARKER, WEIGHTS, _manifest_checksum
 from livedit.cli import main
 
 MODELS = ["llama", "gpt2"]
-WINDOWS = dict(layers=[0], chat_layers=[1, 2])      # cloze facts edit layer 0, chat facts layers 1-2
+# cloze facts edit layer 0, chat facts layers 1-2; no gate: a patch holds plain weights
+WINDOWS = dict(layers=[0], chat_layers=[1, 2], gate=0.0)
 EDITED = {"llama": "model.layers.{}.mlp.down_proj.weight", "gpt2": "transformer.h.{}.mlp.c_proj.weight"}
 
 
@@ -173,6 +174,7 @@ dtype = "float32"
 layers = [0]
 chat_layers = [1, 2]
 mom2_weight = 10.0
+gate = 0.0
 steps = 6
 batch_size = 4
 context_prefixes = ["", "Note: "]

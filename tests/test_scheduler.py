@@ -92,6 +92,15 @@ def runner(open_engine, home):
     opened.close()
 
 
+@pytest.fixture
+def plain_runner(open_engine, home):
+    """A runner whose engine serves plain weights (no gate), as a fleet of replicas needs."""
+    editor = open_engine("llama", gate=0.0)
+    opened = JobRunner.open(editor, load_config().replace("guard", enabled=False).replace("editing", gate=0.0))
+    yield opened
+    opened.close()
+
+
 def test_apply_job_applies_the_approved_items_and_records_its_run(runner, new_fact):
     for fact in (new_fact(0), new_fact(1)):
         item = runner.queue.propose(fact_id=fact.id, subject=fact.subject, prompt=fact.prompt,
@@ -142,13 +151,22 @@ def test_verify_requeues_an_applied_edit_that_no_longer_shows(runner, new_fact):
     assert "no longer shows" in str(proposed.evidence[-1])
 
 
-def test_snapshot_job_writes_one_patch_per_generation(runner, new_fact, tmp_path):
+def test_snapshot_job_writes_one_patch_per_generation(plain_runner, new_fact, tmp_path):
+    runner = plain_runner
     runner.config = runner.config.replace("scheduler", snapshot_dir=str(tmp_path / "patches"))
     assert runner.run("snapshot").figures == {"generation": 0, "written": False, "seconds": pytest.approx(0, abs=5)}
     runner.editor.apply([new_fact(0)])
     run = runner.run("snapshot")
     assert run.figures["written"] and (tmp_path / "patches" / "gen-000001" / "manifest.json").exists()
     assert runner.run("snapshot").figures["written"] is False
+
+
+def test_snapshot_job_behind_the_gate_is_an_error_that_says_what_to_set(runner, new_fact, tmp_path):
+    assert runner.editor.editing.gate > 0                      # the default engine serves through the gate
+    runner.config = runner.config.replace("scheduler", snapshot_dir=str(tmp_path / "patches"))
+    runner.editor.apply([new_fact(0)])
+    run = runner.run("snapshot")
+    assert run.outcome == "error" and "gate = 0" in run.message and not (tmp_path / "patches").exists()
 
 
 def test_jobs_cli_lists_runs_and_history(home, capsys):

@@ -214,6 +214,7 @@ class JobRunner:
         out = folder / f"gen-{generation:06d}"
         if generation == 0 or out.exists():
             return {"generation": generation, "written": False}, False
+        patch = patch_from_editor(self.editor, since=0)          # refused behind the gate, before any folder
         folder.mkdir(parents=True, exist_ok=True)
-        write_patch(patch_from_editor(self.editor, since=0), out)
+        write_patch(patch, out)
         return {"generation": generation, "written": True, "path": str(out)}, False

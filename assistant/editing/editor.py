@@ -198,7 +198,8 @@ class Editor:
         """Refuse ``what`` (an export or a weight patch) when the gate is on: plain weights cannot hold it."""
         if self.editing.gate > 0:
             raise ConfigError(f"{what} holds plain weights, which cannot carry the gate ([editing] gate = "
-                              f"{self.editing.gate}); serve this state with livedit, or edit with gate = 0")
+                              f"{self.editing.gate}): set [editing] gate = 0 (or --set editing.gate=0) to write "
+                              "it; the same edits then answer without the gate, as a replica would")
 
     def prior(self, layer: int):
         """What the state's method solves ``layer`` with: C itself, or the projector onto C's

@@ -9,7 +9,8 @@ An edited subject's key gets a change of about its whole unedited output (ratio 
 the default model), while an unrelated key gets a small spill-over; with the gate that
 spill-over is dropped, so an unrelated question is answered by the unedited layers.
 The gate needs W0 beside W at serving time, so a plain Hugging Face checkpoint cannot hold
-it: it is an evaluation candidate (benchmarks/gated_locality.py), not yet a method.
+it: the Editor installs it on the served model and the shadow when ``[editing] gate`` is set,
+and benchmarks/gated_locality.py measures it at several thresholds on one edited state.
 """
 
 from __future__ import annotations

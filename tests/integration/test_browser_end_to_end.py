@@ -30,19 +30,16 @@ QUESTION = "Who is the director of the Zorbian Institute?"
 NEW_ANSWER = "Maria Okafor"
 HTML_CORRECTION = "<script>window.pwned = 1</script><b>Ada</b> Okafor"
 # The real model and the real edit settings, except: no refinement rounds (one chat edit in
-# about a minute here), a small guard probe set with loose quality bounds (the L1 bound is the
-# real one), and no schedule: the curator applies from the console.
+# about a minute here), a smaller guard probe set (the bounds are the defaults, so a lone
+# chat correction must pass them), and no schedule: the curator applies from the console.
 SETTINGS = f"""
 [model]
 threads = 2
 [editing]
 refine_rounds = 0
 [guard]
-min_efficacy = 0.0
-min_agreement = 0.0
-max_kl = 100.0
-probe_questions = 2
-probe_texts = 2
+probe_questions = 4
+probe_texts = 4
 [scheduler]
 enabled = false
 [ui]
