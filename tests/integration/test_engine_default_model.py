@@ -55,9 +55,17 @@ def test_ask_in_a_new_process_answers_with_the_new_object(edited, cli_env):
     assert answer_contains(result.stdout, "English"), result.stdout
 
 
-def test_export_loads_in_plain_transformers(edited, tmp_path):
-    editor, _, _, _ = edited
-    out = editor.export(tmp_path / "exported")
+def test_export_loads_in_plain_transformers(edited, cli_env, tmp_path):
+    """Plain weights cannot carry the default gate: export says so, and writes with gate = 0."""
+    editor, _, _, state = edited
+    out = tmp_path / "exported"
+    command = [sys.executable, "-m", "livedit", "--quiet", "--state-dir", str(state)]
+    refused = subprocess.run(command + ["export", "--out", str(out)], capture_output=True, text=True,
+                             env=cli_env, timeout=600)
+    assert refused.returncode == 2 and "gate = 0" in refused.stderr and not out.exists()
+    written = subprocess.run(command + ["--set", "editing.gate=0", "export", "--out", str(out)],
+                             capture_output=True, text=True, env=cli_env, timeout=600)
+    assert written.returncode == 0, written.stderr
     plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     for layer in editor.layers:
         name = editor.names[layer] + ".weight"
