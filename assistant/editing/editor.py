@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,12 +188,23 @@ class Editor:
     def _weight(self, model, layer: int) -> torch.Tensor:
         return weight_matrix(get_module(model, self.names[layer]), self.arch.weight_transposed)
 
-    @torch.no_grad()
-    def _set_weight(self, model, layer: int, W: torch.Tensor) -> None:
+    def _prepared(self, model, layer: int, W: torch.Tensor) -> Callable[[], None]:
+        """The work of setting ``layer``'s weight to W, done now, and the install, done when called
+        (a copy and, behind the gate, the change W - W0): a swap holds the lock for the install only."""
         parameter = get_module(model, self.names[layer]).weight
-        parameter.copy_(stored_weight(W, self.arch.weight_transposed).to(parameter.device))
-        if id(model) in self._changes:
-            self._changes[id(model)][layer] = (W - self.W0[layer]).to(parameter.device, parameter.dtype)
+        stored = stored_weight(W, self.arch.weight_transposed).to(parameter.device, parameter.dtype)
+        changes = self._changes.get(id(model))
+        change = (W - self.W0[layer]).to(parameter.device, parameter.dtype) if changes is not None else None
+
+        @torch.no_grad()
+        def install() -> None:
+            parameter.copy_(stored)
+            if changes is not None:
+                changes[layer] = change
+        return install
+
+    def _set_weight(self, model, layer: int, W: torch.Tensor) -> None:
+        self._prepared(model, layer, W)()
 
     def check_plain_weights(self, what: str) -> None:
         """Refuse ``what`` (an export or a weight patch) when the gate is on: plain weights cannot hold it."""
@@ -255,10 +267,12 @@ class Editor:
     def swap_in(self, weights: dict[int, torch.Tensor]) -> None:
         """Serve ``weights`` (layer -> W), on the shadow too, under the lock. The durable state is
         untouched: ``rebuild`` returns to it. Benchmarks use it to try other solutions."""
+        installs = [self._prepared(self.model, layer, W) for layer, W in weights.items()]
         with self.weights.swapping():
-            for layer, W in weights.items():
-                self._set_weight(self.shadow, layer, W)
-                self._set_weight(self.model, layer, W)
+            for install in installs:
+                install()
+        for layer, W in weights.items():            # the engine's own copy: no chat reads it
+            self._set_weight(self.shadow, layer, W)
 
     def _restore_shadow(self) -> None:
         for layer in self.layers:
