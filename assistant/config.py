@@ -90,7 +90,11 @@ class EditingConfig:
     layers: list = _help("edited layer indices, ascending", [3, 4, 5, 6, 7])
     chat_layers: list = _help("edited layer indices for facts that carry a question (chat edits), "
                               "ascending; [] = the same as layers", [6, 7, 8, 9, 10])
-    mom2_weight: float = _help("lambda: weight of the covariance term", 500.0)
+    mom2_weight: float = _help("lambda: weight of the covariance term, for facts without a question "
+                               "(cloze facts)", 2250.0)
+    chat_mom2_weight: float = _help("lambda for facts with a question (chat edits); both kinds share the "
+                                    "layers' sums (a chat fact's terms carry the weight "
+                                    "mom2_weight / chat_mom2_weight)", 500.0)
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
@@ -102,16 +106,21 @@ class EditingConfig:
                                    ["", "Here is a fact. ", "I learned that ", "Did you know? "])
     case_variants: bool = _help("also chat forms with the subject in Title Case and in lower case", True)
     kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
-    steps: int = _help("maximum gradient steps of the target optimisation", 100)
+    steps: int = _help("maximum gradient steps of the target optimisation (cloze facts)", 60)
+    chat_steps: int = _help("maximum gradient steps of the target optimisation for chat facts", 100)
     learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)
     clamp_norm_factor: float = _help("the delta's norm is clamped to this times ||h||", 10.0)
     kl_weight: float = _help("weight of the KL term", 0.0625)
     weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
-    stop_probability: float = _help("stop optimising a fact once P(target) exceeds this in every form", 0.97)
+    stop_probability: float = _help("stop optimising a cloze fact once P(target) exceeds this in every form",
+                                    0.5)
+    chat_stop_probability: float = _help("the same for chat facts; the margin carries edits into rephrasings",
+                                         0.97)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
-    refine_rounds: int = _help("rounds that re-check each fact on the edited model and raise the residuals "
-                               "of those still below stop_probability", 2)
+    refine_rounds: int = _help("rounds that re-check each cloze fact on the edited model and raise the "
+                               "residuals of those still below stop_probability", 2)
+    chat_refine_rounds: int = _help("the same for chat facts (below chat_stop_probability)", 2)
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 24)
     tokens_per_pass: int = _help("most prompt tokens in one forward and backward pass of the target "
@@ -124,18 +133,19 @@ class EditingConfig:
             raise ConfigError(f"[editing] method = {self.method!r}: use one of {', '.join(METHODS)}")
         _check_layer_list("layers", list(self.layers), may_be_empty=False)
         _check_layer_list("chat_layers", list(self.chat_layers), may_be_empty=True)
-        if self.mom2_weight <= 0:
-            raise ConfigError("[editing] mom2_weight (lambda) must be positive")
+        if self.mom2_weight <= 0 or self.chat_mom2_weight <= 0:
+            raise ConfigError("[editing] mom2_weight and chat_mom2_weight (lambda) must be positive")
         if not 0 < self.null_space_keep <= 1 or self.null_space_alpha <= 0:
             raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
         if self.gate < 0:
             raise ConfigError("[editing] gate must be 0 (off) or a positive share of the unedited output")
-        if self.batch_size < 1 or self.steps < 1:
-            raise ConfigError("[editing] batch_size and steps must be at least 1")
-        if min(self.refine_rounds, self.lead_in_tokens, self.tokens_per_pass) < 0:
-            raise ConfigError("[editing] refine_rounds, lead_in_tokens and tokens_per_pass must be 0 or more")
-        if not 0 < self.stop_probability <= 1:
-            raise ConfigError("[editing] stop_probability must be in (0, 1]")
+        if min(self.batch_size, self.steps, self.chat_steps) < 1:
+            raise ConfigError("[editing] batch_size, steps and chat_steps must be at least 1")
+        if min(self.refine_rounds, self.chat_refine_rounds, self.lead_in_tokens, self.tokens_per_pass) < 0:
+            raise ConfigError("[editing] refine_rounds, chat_refine_rounds, lead_in_tokens and tokens_per_pass "
+                              "must be 0 or more")
+        if not (0 < self.stop_probability <= 1 and 0 < self.chat_stop_probability <= 1):
+            raise ConfigError("[editing] stop_probability and chat_stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:
             raise ConfigError("[editing] kl_prompt must contain {} where the subject goes")
         if self.key_mode not in ("per_form", "mean"):
@@ -151,6 +161,16 @@ class EditingConfig:
     def window(self, has_question: bool) -> list[int]:
         """The layers a fact edits: chat_layers when it carries a question (and they are set)."""
         return list(self.chat_layers) if has_question and self.chat_layers else list(self.layers)
+
+    def for_kind(self, has_question: bool) -> "EditingConfig":
+        """The settings a batch of one kind of fact is solved with: for facts with a question
+        (chat edits), layers, mom2_weight, steps, stop_probability and refine_rounds take the
+        chat_ values; cloze facts keep the section as it is."""
+        if not has_question:
+            return self
+        return dataclasses.replace(self, layers=self.window(True), mom2_weight=self.chat_mom2_weight,
+                                   steps=self.chat_steps, stop_probability=self.chat_stop_probability,
+                                   refine_rounds=self.chat_refine_rounds)
 
 
 def _check_layer_list(key: str, layers: list, may_be_empty: bool) -> None:

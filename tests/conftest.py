@@ -199,8 +199,9 @@ def livedit_dirs(request, tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-EDITING = dict(layers=[1, 2], chat_layers=[], mom2_weight=10.0, steps=6, batch_size=4, context_prefixes=["", "Note: "],
-               refine_rounds=0, lead_in_tokens=0, case_variants=False)
+PER_KIND = ("mom2_weight", "steps", "stop_probability", "refine_rounds")     # [editing] keys with a chat_ twin
+EDITING = dict(layers=[1, 2], chat_layers=[], mom2_weight=10.0, steps=6, stop_probability=0.97, batch_size=4,
+               context_prefixes=["", "Note: "], refine_rounds=0, lead_in_tokens=0, case_variants=False)
 
 
 @pytest.fixture
@@ -209,7 +210,10 @@ def make_config(model_dirs):
     def make(model: str = "llama", **editing):
         config = load_config()
         config = config.replace("model", path=str(model_dirs[model]), device="cpu", dtype="float32")
-        config = config.replace("editing", **{**EDITING, **editing})
+        editing = {**EDITING, **editing}
+        for key in PER_KIND:                 # chat facts get the test's settings too, unless it gives their own
+            editing.setdefault(f"chat_{key}", editing[key])
+        config = config.replace("editing", **editing)
         # The text corpora alone: the fake zsRE file holds less than a third of 2000 tokens of chat turns.
         return config.replace("covariance", corpora=["wikitext2_raw", "me_ppl"], tokens=2000, sequence_length=32,
                               batch_size=8)

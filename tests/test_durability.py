@@ -116,3 +116,15 @@ def test_a_state_from_before_chat_layers_opens_as_one_window(open_engine, facts)
     with pytest.raises(StateError, match="chat_layers = \\[\\]") as refused:
         open_engine(chat_layers=[0, 1])
     assert "or set [editing] chat_layers = [] in config.toml to keep using this state" in str(refused.value)
+
+
+def test_a_state_from_before_chat_mom2_weight_keeps_its_one_lambda(open_engine, facts):
+    editor = open_engine(mom2_weight=10.0, chat_mom2_weight=10.0)
+    editor.apply(facts[:1])
+    editor.close()
+    with Ledger.in_state(editor.sums_dir.parent) as ledger, ledger.conn:     # as written before the key existed
+        ledger.conn.execute("DELETE FROM meta WHERE key = 'chat_mom2_weight'")
+    assert open_engine(mom2_weight=10.0, chat_mom2_weight=10.0).edits("active")[0].fact == facts[0]
+    with pytest.raises(StateError, match="chat_mom2_weight = 10.0") as refused:
+        open_engine(mom2_weight=10.0, chat_mom2_weight=3.0)
+    assert "or set [editing] chat_mom2_weight = 10.0 in config.toml" in str(refused.value)

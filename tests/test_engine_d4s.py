@@ -277,6 +277,47 @@ def test_facts_with_a_question_edit_the_chat_layers(model, open_engine, make_con
         assert torch.equal(restarted.current_weights()[layer], W_after)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_a_chat_fact_takes_its_own_lambda_in_the_shared_sums(model, open_engine, new_fact, inspect, tmp_path):
+    """Weighted columns: a chat fact in a state whose cloze lambda is 40 is solved as in a
+    state where every lambda is its own 4, and not as with 40; taken out of a batch with a
+    cloze fact, it leaves the cloze fact's weights as if that had been edited alone."""
+    cloze = new_fact(1)
+    asked = new_fact(2, question=f"Where is {new_fact(2).subject}?")
+    opened = lambda name, cloze_lambda, chat_lambda: open_engine(  # noqa: E731
+        model, state_dir=tmp_path / name, mom2_weight=cloze_lambda, chat_mom2_weight=chat_lambda)
+    split, alone, one_lambda = opened("split", 40.0, 4.0), opened("alone", 4.0, 4.0), opened("one", 40.0, 40.0)
+    for editor in (split, alone, one_lambda):
+        editor.apply([asked])
+    for layer in split.layers:
+        assert inspect.relative_error(split.current_weights()[layer], alone.current_weights()[layer]) < 1e-5
+    assert any(inspect.relative_error(one_lambda.current_weights()[layer], alone.current_weights()[layer]) > 1e-3
+               for layer in split.layers)                       # the cloze lambda gives another edit
+
+    mixed, cloze_alone = opened("mixed", 40.0, 4.0), opened("cloze alone", 40.0, 4.0)
+    ids = mixed.apply([cloze, asked]).edit_ids                 # one batch: the cloze group is solved first
+    cloze_alone.apply([cloze])
+    mixed.retract(ids[1])
+    for layer in mixed.layers:
+        assert inspect.relative_error(mixed.current_weights()[layer], cloze_alone.current_weights()[layer]) < 1e-6
+
+
+def test_a_batch_is_solved_in_groups_by_the_settings_of_each_kind(new_fact):
+    from assistant.config import config_from_dict
+    from assistant.editing.editor import by_kind
+
+    cloze, other = new_fact(1), new_fact(3)
+    asked = new_fact(2, question=f"Where is {new_fact(2).subject}?")
+    editing = config_from_dict({"editing": {"layers": [1, 2], "chat_layers": [2, 3]}}).editing
+    groups = by_kind([asked, cloze, other], editing)
+    assert [[f.id for f in chosen] for _, chosen in groups] == [[asked.id], [cloze.id, other.id]]
+    assert groups[0][0] == editing.for_kind(True) and groups[1][0] is editing
+    same = config_from_dict({"editing": {"layers": [1, 2], "chat_layers": [], "chat_mom2_weight": 2250.0,
+                                         "chat_steps": 60, "chat_stop_probability": 0.5,
+                                         "chat_refine_rounds": 0}}).editing
+    assert [[f.id for f in chosen] for _, chosen in by_kind([asked, cloze], same)] == [[asked.id, cloze.id]]
+
+
 # -- the engine API: solve_candidate, commit, discard, base_shadow ----------------------------
 def assert_committed_state_is(editor, before: dict) -> None:
     """The served weights and the durable state are as in ``before`` (the shadow may differ)."""

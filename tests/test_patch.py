@@ -174,11 +174,16 @@ dtype = "float32"
 layers = [0]
 chat_layers = [1, 2]
 mom2_weight = 10.0
+chat_mom2_weight = 10.0
 gate = 0.0
 steps = 6
+chat_steps = 6
+stop_probability = 0.97
+chat_stop_probability = 0.97
 batch_size = 4
 context_prefixes = ["", "Note: "]
 refine_rounds = 0
+chat_refine_rounds = 0
 lead_in_tokens = 0
 case_variants = false
 [covariance]

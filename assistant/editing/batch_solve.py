@@ -1,9 +1,18 @@
 """Solving one batch of facts on the editor's shadow: keys, targets, and MEMIT's spread of the
-residual over a window of layers, with optional refinement rounds. Nothing here commits."""
+residual over a window of layers, with optional refinement rounds. Nothing here commits.
+
+A batch is one kind of fact (``EditingConfig.for_kind``) with its own lambda. The layers'
+sums are shared by both kinds and solved with [editing] mom2_weight, so a kind with lambda
+l enters with weighted columns: sqrt(w) k and sqrt(w) r with w = mom2_weight / l. Its term
+in the least squares is then w ||Delta k - r||^2, the same as solving it alone with lambda l
+(DESIGN.md section 1), and the weighted columns are what the ledger keeps, so retraction and
+rebuilding stay exact.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -11,6 +20,7 @@ from assistant.editing.closed_form import realised_fraction, spread_residual
 from assistant.editing.keys import average_by_fact, keys_and_hidden
 from assistant.editing.lead_ins import answer_lead_ins
 from assistant.editing.prompts import RowBatch, collate, fact_rows, kl_row
+from assistant.config import EditingConfig
 from assistant.editing.targets import TargetSettings, optimise_targets
 from assistant.errors import InvalidFact
 from assistant.facts import Fact
@@ -27,16 +37,18 @@ class BatchSolver:
 
     def __init__(self, editor):
         self.editor = editor
-        self.targets = TargetSettings.from_editing(editor.editing)
 
-    def edit_batch(self, facts: list[Fact], sums: EditSums, layers: list[int],
+    def edit_batch(self, facts: list[Fact], sums: EditSums, cfg: EditingConfig,
                    weights: dict[int, torch.Tensor]) -> list[NewEdit]:
-        """Measure keys and targets on the shadow, solve ``layers`` one by one (MEMIT's spread),
-        then, for ``refine_rounds``, re-check every fact on the edited shadow and raise the
-        residuals of those still below the stop probability. ``sums`` and ``weights`` (each
-        solved layer's W, also set on the shadow) are updated in place."""
+        """Measure keys and targets on the shadow, solve the kind's layers (``cfg``, from
+        ``EditingConfig.for_kind``) one by one (MEMIT's spread), then, for its
+        ``refine_rounds``, re-check every fact on the edited shadow and raise the residuals of
+        those still below its stop probability. ``sums`` and ``weights`` (each solved layer's
+        W, also set on the shadow) are updated in place."""
         ed = self.editor
-        cfg, tok, shadow = ed.editing, ed.tokenizer, ed.shadow
+        tok, shadow, layers = ed.tokenizer, ed.shadow, list(cfg.layers)
+        scale = math.sqrt(ed.editing.mom2_weight / cfg.mom2_weight)     # the kind's lambda, as column weights
+        targets = TargetSettings.from_editing(cfg)
         device, n = next(ed.model.parameters()).device, len(facts)
         lead_ins = (answer_lead_ins(shadow, tok, facts, ed.system_prompt, cfg.lead_in_tokens)
                     if cfg.lead_in_tokens else [[] for _ in facts])
@@ -58,19 +70,20 @@ class BatchSolver:
         first = measure(layers[0])
         K, H, owner = first
         h_norm = average_by_fact(H.norm(dim=0)[:, None], owner, n)[:, 0].float()
-        targets = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
-        fraction = realised_fraction(K, ed.C[layers[0]], cfg.mom2_weight, sums.T(layers[0]))
+        optimise = lambda: self._targets(facts, train_batch, kl_batch, last_block, h_norm, targets)  # noqa: E731
+        found = optimise()
+        fraction = realised_fraction(K * scale, ed.C[layers[0]], ed.editing.mom2_weight, sums.T(layers[0]))
         fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
-        keys, residuals = self._solve_layers(layers, targets.delta, first, sums, weights, measure)
-        probability = targets.probability
+        keys, residuals = self._solve_layers(layers, found.delta, first, sums, weights, measure, scale)
+        probability = found.probability
         for _ in range(cfg.refine_rounds):
-            more = self._targets(facts, train_batch, kl_batch, last_block, h_norm)
+            more = optimise()
             probability = more.probability
             behind = more.delta.norm(dim=1).cpu() > 0      # facts that passed at once keep a zero delta
             if not behind.any():
                 break
             log.info("refining %d of %d fact(s) below P = %.2f", int(behind.sum()), n, cfg.stop_probability)
-            _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, weights, measure,
+            _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, weights, measure, scale,
                                           keys, behind)
             for layer in layers:
                 residuals[layer] = residuals[layer] + extra[layer]
@@ -78,23 +91,25 @@ class BatchSolver:
                     for layer in layers} for i in range(n)]
         return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
 
-    def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor):
+    def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor,
+                 settings: TargetSettings):
         ed = self.editor
-        targets = optimise_targets(ed.shadow, train, kl, last_block, h_norm, self.targets, ed.tokenizer.pad_token_id)
+        targets = optimise_targets(ed.shadow, train, kl, last_block, h_norm, settings, ed.tokenizer.pad_token_id)
         bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
         if bad:
             raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")
         return targets
 
     def _solve_layers(self, layers: list[int], delta: torch.Tensor, first: tuple, sums: EditSums,
-                      weights: dict[int, torch.Tensor], measure, known_keys: dict[int, torch.Tensor] | None = None,
-                      only: torch.Tensor | None = None):
+                      weights: dict[int, torch.Tensor], measure, scale: float,
+                      known_keys: dict[int, torch.Tensor] | None = None, only: torch.Tensor | None = None):
         """Move the last edited block's output at each key toward Z = H + delta, spreading
         the residual over the layers and re-measuring after each; update ``sums``, ``weights``
         and the shadow. Layer j takes (z - h_j) / (L - j), so the last layer inherits whatever
         the earlier ones did not realise. A new batch adds its (k, r) columns; a refinement
         (``known_keys``) only raises the residuals of the facts in ``only`` at the keys
-        already in the sums. Returns each layer's keys and residuals (d, m)."""
+        already in the sums. Keys and residuals enter weighted by ``scale`` (the kind's lambda).
+        Returns each layer's keys and residuals (d, m), as they entered the sums."""
         ed = self.editor
         strategy, lam = sums.strategy, ed.editing.mom2_weight
         K, H, owner = first
@@ -103,8 +118,9 @@ class BatchSolver:
         for j, layer in enumerate(layers):
             if j:
                 K, H, owner = measure(layer)
-            R = spread_residual(Z, H, len(layers) - j)              # (d, m)
+            R = spread_residual(Z, H, len(layers) - j) * scale      # (d, m)
             if known_keys is None:
+                K = K * scale
                 strategy.add_batch(sums, layer, K, R, ed.prior(layer), lam)
             else:
                 K, R = known_keys[layer], R * only[owner].to(R.dtype)

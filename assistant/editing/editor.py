@@ -334,8 +334,9 @@ class Editor:
 
     def solve_candidate(self, facts: list[Fact]) -> Candidate:
         """Solve one batch on the shadow without committing: keys, targets and each layer's
-        weights. Facts with a question edit [editing] chat_layers and the others layers (one
-        pass per window, on the same sums); an active edit of the same fact is superseded.
+        weights. Facts with a question are solved with the chat_ settings of [editing] and the
+        others with the plain ones (one pass per kind, on the same sums); an active edit of the
+        same fact is superseded.
         The shadow keeps the candidate's weights until ``commit`` or ``discard``."""
         if self._pending is not None:
             raise StateError("a candidate is pending; commit or discard it first")
@@ -344,12 +345,9 @@ class Editor:
         sums, weights = self.sums.copy(), self.current_weights()
         try:
             self._take_out(sums, weights, ended)
-            by_window: dict[tuple[int, ...], list[Fact]] = {}
-            for fact in facts:
-                by_window.setdefault(tuple(self.editing.window(bool(fact.question))), []).append(fact)
             new_edits = {}
-            for window, chosen in by_window.items():
-                edits = self._solver.edit_batch(chosen, sums, list(window), weights)
+            for settings, chosen in by_kind(facts, self.editing):
+                edits = self._solver.edit_batch(chosen, sums, settings, weights)
                 new_edits.update(zip((f.id for f in chosen), edits))
         except BaseException:
             self._restore_shadow()
@@ -436,6 +434,20 @@ class Editor:
             self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         return out
+
+
+def by_kind(facts: list[Fact], editing: EditingConfig) -> list[tuple[EditingConfig, list[Fact]]]:
+    """The facts grouped by the settings their kind is solved with, in order of first appearance
+    (one group when both kinds have the same settings)."""
+    groups: list[tuple[EditingConfig, list[Fact]]] = []
+    for fact in facts:
+        settings = editing.for_kind(bool(fact.question))
+        group = next((chosen for known, chosen in groups if known == settings), None)
+        if group is None:
+            groups.append((settings, [fact]))
+        else:
+            group.append(fact)
+    return groups
 
 
 def check_layers(editing: EditingConfig, model) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -128,7 +129,7 @@ def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
 def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Module, h_norm: torch.Tensor,
                      cfg: TargetSettings, pad: int) -> Targets:
     """Optimise one delta per fact. ``h_norm`` (n,) is ||h|| at each subject."""
-    n = h_norm.shape[0]
+    n, started = h_norm.shape[0], time.perf_counter()
     device = train.input_ids.device
     delta = torch.zeros(n, model.config.hidden_size, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=cfg.learning_rate)
@@ -168,5 +169,6 @@ def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Modul
             delta[~active] = frozen
             norms = delta.norm(dim=1, keepdim=True)
             delta.mul_(torch.clamp(max_norm[:, None] / norms.clamp(min=1e-12), max=1.0))
-    log.debug("targets: %d steps, P(target) %s", step, probability.tolist())
+    log.info("targets for %d fact(s): %d steps in %.1f s, lowest P(target) %.3f", n, step,
+             time.perf_counter() - started, float(probability.min()))
     return Targets(delta.detach(), probability.detach(), step)

@@ -1,5 +1,5 @@
 """Which state directory a run uses, and the identity a state keeps: the method, the model,
-the edited layers, lambda and the covariance it was made with."""
+the edited layers, the lambdas and the covariance it was made with."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 from assistant.errors import StateError
 
-# Identity keys added after states were first written, with the value those states had.
-IDENTITY_BEFORE = {"chat_layers": []}
+# Identity keys added after states were first written, with the value those states had (a
+# function of the stored identity where it was another key's value).
+IDENTITY_BEFORE = {"chat_layers": lambda stored: [],
+                   "chat_mom2_weight": lambda stored: stored.get("mom2_weight")}
 
 
 def state_dir_for(config, state_dir: Path | str | None = None) -> Path:
@@ -29,6 +31,7 @@ def state_identity(config, model_fingerprint: str, method: str) -> dict:
         "layers": list(config.editing.layers),
         "chat_layers": list(config.editing.chat_layers),
         "mom2_weight": config.editing.mom2_weight,
+        "chat_mom2_weight": config.editing.chat_mom2_weight,
         "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
     }
     if method in NULL_SPACE_METHODS:
@@ -47,12 +50,13 @@ def check_identity(ledger, config, model_fingerprint: str, method: str | None, f
         return wanted
     wanted = state_identity(config, model_fingerprint, method or stored["method"])
     for key, value in wanted.items():
-        had = stored.get(key, IDENTITY_BEFORE.get(key))
+        had = stored[key] if key in stored else IDENTITY_BEFORE.get(key, lambda _: None)(stored)
         if had != value:
             raise StateError(
                 f"state {folder} was made with {key} = {had!r}, but this run has {value!r}. "
                 "Use another --state-dir (or LIVEDIT_STATE_DIR) for a different experiment"
                 + (f", or set [editing] {key} = {had!r} in config.toml to keep using this state."
-                   if key in ("layers", "chat_layers", "mom2_weight", "null_space_keep", "null_space_alpha") else ".")
+                   if key in ("layers", "chat_layers", "mom2_weight", "chat_mom2_weight", "null_space_keep",
+                              "null_space_alpha") else ".")
             )
     return wanted

@@ -36,7 +36,7 @@ SETTINGS = f"""
 [model]
 threads = 2
 [editing]
-refine_rounds = 0
+chat_refine_rounds = 0
 [guard]
 probe_questions = 4
 probe_texts = 4
