@@ -7,6 +7,7 @@ and the models are random, built from their configs and saved to a temporary fol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -218,6 +219,26 @@ def make_config(model_dirs):
         return config.replace("covariance", corpora=["wikitext2_raw", "me_ppl"], tokens=2000, sequence_length=32,
                               batch_size=8)
     return make
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)                  # a TOML basic string takes JSON's escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return repr(value)
+
+
+def write_config_toml(path: Path, config, sections=("model", "covariance", "editing")) -> str:
+    """A config.toml holding every key of ``config``'s given sections (for `livedit` runs of a test)."""
+    lines = []
+    for section in sections:
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in dataclasses.asdict(getattr(config, section)).items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from updater_fixtures import FACTS, embedding_function, home, open_store, store  # noqa: F401
 
 from livedit.cli import main
+from tests.conftest import write_config_toml
 from assistant.config import load_config
 from updater.apply import apply_approved, plan_batches
 from updater.queue import EditQueue
@@ -157,35 +158,9 @@ def test_plan_batches_keeps_a_facts_items_in_order_and_apart(queue, new_fact):
         [[ids[0], ids[1]], [99]]
 
 
-def write_tiny_config(path, model_dir) -> str:
-    path.write_text(f"""
-[model]
-path = "{model_dir}"
-device = "cpu"
-[editing]
-layers = [1, 2]
-chat_layers = []
-refine_rounds = 0
-chat_refine_rounds = 0
-lead_in_tokens = 0
-mom2_weight = 10.0
-chat_mom2_weight = 10.0
-steps = 6
-chat_steps = 6
-stop_probability = 0.97
-chat_stop_probability = 0.97
-batch_size = 4
-context_prefixes = ["", "Note: "]
-[covariance]
-tokens = 2000
-sequence_length = 32
-""", encoding="utf-8")
-    return str(path)
-
-
-def test_detect_approve_and_apply_through_the_cli(store, queue, llama_dir, tmp_path, capsys):
+def test_detect_approve_and_apply_through_the_cli(store, queue, make_config, tmp_path, capsys):
     store.import_records([(f"record {i}", record) for i, record in enumerate(FACTS)], who=WHO)
-    config = write_tiny_config(tmp_path / "tiny.toml", llama_dir)
+    config = write_config_toml(tmp_path / "tiny.toml", make_config("llama"))
     assert main(["-q", "--config", config, "detect", "--limit", "2"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == "checked 2 of 2 due fact(s): 2 outdated, 0 current; 2 queued, 0 already in the queue"

@@ -16,6 +16,7 @@ from assistant.errors import ModelNotReady, StateError
 from assistant.state.patch import (MANIFEST, MARKER, WEIGHTS, _manifest_checksum, apply_patch, file_sha256,
                                    patch_from_editor, read_patch, write_patch)
 from livedit.cli import main
+from tests.conftest import write_config_toml
 
 MODELS = ["llama", "gpt2"]
 # cloze facts edit layer 0, chat facts layers 1-2; no gate: a patch holds plain weights
@@ -163,43 +164,11 @@ def test_a_replica_changed_after_patching_is_refused(patch_dir, model_dirs, tmp_
         apply_patch(patch_dir, replica, in_place=True)
 
 
-def write_config(path: Path, model_dir: Path) -> str:
-    """config.toml for the CLI, with make_config's tiny settings and WINDOWS."""
-    path.write_text(f"""
-[model]
-path = "{model_dir}"
-device = "cpu"
-dtype = "float32"
-[editing]
-layers = [0]
-chat_layers = [1, 2]
-mom2_weight = 10.0
-chat_mom2_weight = 10.0
-gate = 0.0
-steps = 6
-chat_steps = 6
-stop_probability = 0.97
-chat_stop_probability = 0.97
-batch_size = 4
-context_prefixes = ["", "Note: "]
-refine_rounds = 0
-chat_refine_rounds = 0
-lead_in_tokens = 0
-case_variants = false
-[covariance]
-corpora = ["wikitext2_raw", "me_ppl"]
-tokens = 2000
-sequence_length = 32
-batch_size = 8
-""", encoding="utf-8")
-    return str(path)
-
-
-def test_export_patch_and_patch_apply_through_the_cli(open_engine, model_dirs, new_fact, tmp_path, capsys):
+def test_export_patch_and_patch_apply_through_the_cli(open_engine, make_config, model_dirs, new_fact, tmp_path, capsys):
     editor = open_engine("llama", **WINDOWS)
     edit_two_generations(editor, new_fact)
     exported = editor.export(tmp_path / "export")
-    config = write_config(tmp_path / "tiny.toml", model_dirs["llama"])
+    config = write_config_toml(tmp_path / "tiny.toml", make_config("llama", **WINDOWS))
     base = shutil.copytree(model_dirs["llama"], tmp_path / "base")
 
     assert main(["-q", "--config", config, "export", "--patch", "--out", str(tmp_path / "patch")]) == 0

@@ -13,6 +13,7 @@ import pytest
 
 from assistant.errors import ModelNotReady
 from livedit.services import Progress, Services
+from tests.conftest import write_config_toml
 from ui.app import MAX_QUESTION_CHARS, respond
 
 
@@ -71,18 +72,7 @@ def _free_port() -> int:
 
 def write_tiny_config(path, make_config, model: str = "llama") -> str:
     """A config.toml for a `livedit` subprocess on a tiny model (small statistics, small edits)."""
-    config = make_config(model)
-    e, c = config.editing, config.covariance
-    path.write_text(
-        f'[model]\npath = "{config.model.path}"\ndevice = "cpu"\nthreads = 1\n'
-        f'[covariance]\ncorpora = {list(c.corpora)!r}\ntokens = {c.tokens}\nsequence_length = {c.sequence_length}\n'
-        f'[editing]\nlayers = {list(e.layers)}\nchat_layers = []\nmom2_weight = {e.mom2_weight}\n'
-        f'chat_mom2_weight = {e.chat_mom2_weight}\nsteps = {e.steps}\nchat_steps = {e.chat_steps}\n'
-        f'stop_probability = {e.stop_probability}\nchat_stop_probability = {e.chat_stop_probability}\n'
-        f'batch_size = {e.batch_size}\nrefine_rounds = 0\nchat_refine_rounds = 0\nlead_in_tokens = 0\n'
-        f'case_variants = false\n'
-        f'context_prefixes = {list(e.context_prefixes)!r}\n'.replace("'", '"'), encoding="utf-8")
-    return str(path)
+    return write_config_toml(path, make_config(model).replace("model", device="cpu", threads=1))
 
 
 def start_serving(config_file: str, port: int) -> subprocess.Popen:
