@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 from pathlib import Path
 
 import torch
@@ -45,16 +44,5 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def environment() -> dict:
-    """The machine and library versions, and the commit (LIVEDIT_COMMIT where the copy has no git),
-    marked when tracked files (results apart) differ from it."""
-    commit = os.environ.get("LIVEDIT_COMMIT", "")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-            changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                      ":!benchmarks/results"], capture_output=True,
-                                     text=True).stdout.strip()
-            commit += "+uncommitted changes" if commit and changed else ""
-        except OSError:
-            commit = ""
-    return {**bench_environment(), "commit": commit}
+    """The machine, the library versions and the commit (assistant.evaluation.bench.environment)."""
+    return bench_environment()

@@ -180,3 +180,17 @@ def test_chat_runs_measure_answers_rephrasings_and_locality(make_config, tmp_pat
     text = write_report(tmp_path / "out").read_text()
     assert "## Chat: answers, rephrasings and locality" in text
     assert f"| {last['chat_locality']['agreement']:.3f} |" in text
+
+
+def test_every_result_records_the_commit_it_was_made_from(monkeypatch):
+    import subprocess
+
+    from assistant.evaluation.bench import environment
+
+    monkeypatch.setenv("LIVEDIT_COMMIT", "abc1234")
+    assert environment()["commit"] == "abc1234"
+    monkeypatch.delenv("LIVEDIT_COMMIT")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("this copy has no git checkout")
+    assert environment()["commit"].startswith(head)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,10 +125,29 @@ def target_perplexity(model, tokenizer, facts: list[Fact]) -> dict:
             "per_fact": [round(v, 3) for v in per_fact.tolist()]}
 
 
+def source_commit() -> str:
+    """The checkout's commit (LIVEDIT_COMMIT where the copy has no git), marked when tracked
+    files other than benchmark results differ from it; empty when neither says."""
+    commit = os.environ.get("LIVEDIT_COMMIT", "")
+    if commit:
+        return commit
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=root).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":!benchmarks/results"], capture_output=True, text=True, cwd=root).stdout.strip()
+    except OSError:
+        return ""
+    return commit + ("+uncommitted changes" if commit and changed else "")
+
+
 def environment() -> dict:
+    """The machine, the library versions, the start time and the commit of a result."""
     device = "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "torch": torch.__version__, "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "commit": source_commit()}
 
 
 def write_json(path: Path | str, payload: dict) -> None:
