@@ -312,9 +312,10 @@ def test_a_batch_is_solved_in_groups_by_the_settings_of_each_kind(new_fact):
     groups = by_kind([asked, cloze, other], editing)
     assert [[f.id for f in chosen] for _, chosen in groups] == [[asked.id], [cloze.id, other.id]]
     assert groups[0][0] == editing.for_kind(True) and groups[1][0] is editing
-    same = config_from_dict({"editing": {"layers": [1, 2], "chat_layers": [], "chat_mom2_weight": 2250.0,
-                                         "chat_steps": 60, "chat_stop_probability": 0.5,
-                                         "chat_refine_rounds": 0}}).editing
+    same = config_from_dict({"editing": {"layers": [1, 2], "chat_layers": [], "mom2_weight": 300.0,
+                                         "chat_mom2_weight": 300.0, "steps": 20, "chat_steps": 20,
+                                         "stop_probability": 0.9, "chat_stop_probability": 0.9,
+                                         "refine_rounds": 1, "chat_refine_rounds": 1}}).editing
     assert [[f.id for f in chosen] for _, chosen in by_kind([asked, cloze], same)] == [[asked.id, cloze.id]]
 
 
