@@ -98,9 +98,9 @@ class EditingConfig:
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
-    gate: float = _help("keep an edited layer's change only on tokens where it exceeds this share of the "
-                        "unedited layer's output (locality; the served model needs W0 beside W, so export "
-                        "and weight patches are refused); 0 = no gate", 0.4)
+    gate: float = _help("keep the chat edits' change to a layer only on tokens where it exceeds this share of "
+                        "the unedited layer's output (locality; cloze edits' change is always kept; the served "
+                        "model needs W0 beside W, so export and weight patches are refused); 0 = no gate", 0.4)
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over",
                                    ["", "Here is a fact. ", "I learned that ", "Did you know? "])
@@ -119,7 +119,7 @@ class EditingConfig:
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
     refine_rounds: int = _help("rounds that re-check each cloze fact on the edited model and raise the "
-                               "residuals of those still below stop_probability", 2)
+                               "residuals of those still below stop_probability", 0)
     chat_refine_rounds: int = _help("the same for chat facts (below chat_stop_probability)", 2)
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 24)

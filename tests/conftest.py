@@ -316,12 +316,15 @@ def assert_unchanged(editor, before: dict) -> None:
 
 
 def sums_of_active_edits(editor) -> dict[str, torch.Tensor]:
-    """D4S sums rebuilt from the ledger: S_l = sum r k^T, T_l = sum k k^T over active edits."""
+    """D4S sums rebuilt from the ledger: S_l = sum r k^T, T_l = sum k k^T over active edits,
+    and G_l = sum r k^T over the active chat edits (the gated share)."""
     expected = {name: torch.zeros_like(t) for name, t in editor.sums.tensors.items()}
     for record in editor.edits("active"):
         for layer, (k, r) in editor.vectors(record.id).items():
             expected[f"S.{layer}"] += r @ k.T
             expected[f"T.{layer}"] += k @ k.T
+            if record.fact.question:
+                expected[f"G.{layer}"] += r @ k.T
     return expected
 
 

@@ -97,6 +97,40 @@ def test_memit_sums_stack_deltas():
     assert sums.T(2) is None
 
 
+def test_the_gated_share_is_the_gated_edits_part_of_the_offset():
+    """offset(S) = offset(S - G) + offset(G): G holds the gated batches' terms, their raised
+    residuals, and loses a gated edit's terms when it is removed."""
+    K, R, C = random_problem(12, n=6)
+    E = torch.randn_like(R[:, :2])
+    lam, cloze, chat = 2.0, slice(0, 3), slice(3, 6)
+    sums = EditSums.empty("d4s", {4: (R.shape[0], K.shape[0])})
+    sums.add(4, K[:, cloze], R[:, cloze])
+    sums.add(4, K[:, chat], R[:, chat], gated=True)
+    sums.raise_residuals(4, K[:, 3:5], E, gated=True)
+    sums.raise_residuals(4, K[:, 0:2], E)
+    sums.add(4, K[:, 5:6], R[:, 5:6], sign=-1.0, gated=True)
+    G = R[:, 3:5] @ K[:, 3:5].T + E @ K[:, 3:5].T
+    assert relative_error(sums.tensors["G.4"], G) < 1e-12
+    T = K[:, :5] @ K[:, :5].T
+    assert relative_error(sums.gated_offset(4, C, lam), d4s_delta(G, T, C, lam)) < 1e-8
+    cloze_part = d4s_delta(sums.tensors["S.4"] - G, T, C, lam)
+    assert relative_error(sums.offset(4, C, lam), cloze_part + sums.gated_offset(4, C, lam)) < 1e-8
+
+
+@pytest.mark.parametrize("method", ["memit-seq", "alphaedit"])
+def test_stacked_methods_keep_the_gated_batches_delta(method):
+    K, R, C = random_problem(13, n=4)
+    sums = EditSums.empty(method, {2: (R.shape[0], K.shape[0])})
+    prior = sums.strategy.prior(C, type("Editing", (), {"null_space_keep": 0.7, "null_space_alpha": 1.0}))
+    sums.strategy.add_batch(sums, 2, K[:, :2], R[:, :2], prior, 1.0)
+    assert not sums.gated_offset(2, prior, 1.0).any()
+    before = sums.offset(2, prior, 1.0).clone()
+    sums.strategy.add_batch(sums, 2, K[:, 2:], R[:, 2:], prior, 1.0, gated=True)
+    sums.strategy.raise_residuals(sums, 2, K[:, 2:], R[:, 2:] / 2, prior, 1.0, gated=True)
+    assert sums.gated_offset(2, prior, 1.0).any()
+    assert torch.allclose(sums.offset(2, prior, 1.0) - before, sums.gated_offset(2, prior, 1.0), atol=1e-12)
+
+
 def test_copy_of_sums_is_independent():
     K, R, _ = random_problem(10)
     sums = EditSums.empty("d4s", {1: (R.shape[0], K.shape[0])})

@@ -302,7 +302,7 @@ def test_a_chat_fact_takes_its_own_lambda_in_the_shared_sums(model, open_engine,
         assert inspect.relative_error(mixed.current_weights()[layer], cloze_alone.current_weights()[layer]) < 1e-6
 
 
-def test_a_batch_is_solved_in_groups_by_the_settings_of_each_kind(new_fact):
+def test_a_batch_is_solved_in_groups_by_kind_with_the_settings_of_each(new_fact):
     from assistant.config import config_from_dict
     from assistant.editing.editor import by_kind
 
@@ -316,7 +316,8 @@ def test_a_batch_is_solved_in_groups_by_the_settings_of_each_kind(new_fact):
                                          "chat_mom2_weight": 300.0, "steps": 20, "chat_steps": 20,
                                          "stop_probability": 0.9, "chat_stop_probability": 0.9,
                                          "refine_rounds": 1, "chat_refine_rounds": 1}}).editing
-    assert [[f.id for f in chosen] for _, chosen in by_kind([asked, cloze], same)] == [[asked.id, cloze.id]]
+    assert [[f.id for f in chosen] for _, chosen in by_kind([asked, cloze], same)] == [[asked.id], [cloze.id]], \
+        "the kinds stay apart with the same settings: only the chat facts' change is gated"
 
 
 # -- the engine API: solve_candidate, commit, discard, base_shadow ----------------------------

@@ -46,10 +46,15 @@ def logits(model, tokenizer, text: str) -> torch.Tensor:
         return model(**tokenizer(text, return_tensors="pt")).logits
 
 
+def chat_facts(new_fact, count: int, start: int = 0):
+    return [new_fact(i, question=f"Where is {new_fact(i).subject}?") for i in range(start, start + count)]
+
+
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
-def test_the_editor_serves_and_solves_through_the_gate(model, open_engine, make_config, facts, tokenizer):
-    """A gate no change can pass serves the unedited model's answers from edited weights, on
-    the served model and the shadow; plain weights are refused; closing removes the gate."""
+def test_the_editor_serves_and_solves_chat_edits_through_the_gate(model, open_engine, make_config, new_fact,
+                                                                   tokenizer):
+    """A gate no change can pass serves the unedited model's answers from chat-edited weights,
+    on the served model and the shadow; plain weights are refused; closing removes the gate."""
     from assistant.editing.editor import Editor
     from assistant.errors import ConfigError
     from assistant.model.loading import load_model
@@ -57,8 +62,9 @@ def test_the_editor_serves_and_solves_through_the_gate(model, open_engine, make_
 
     pristine = load_model(make_config(model)).model
     editor = open_engine(model, gate=1e9)
-    editor.apply(facts[:2])
-    text = facts[0].prompt.format(facts[0].subject)
+    asked = chat_facts(new_fact, 2)
+    editor.apply(asked)
+    text = asked[0].prompt.format(asked[0].subject)
     assert any(not W.equal(editor.W0[layer]) for layer, W in editor.current_weights().items())
     assert torch.allclose(logits(editor.model, tokenizer, text), logits(pristine, tokenizer, text), atol=1e-5)
     assert torch.allclose(logits(editor.shadow, tokenizer, text), logits(pristine, tokenizer, text), atol=1e-5)
@@ -73,3 +79,68 @@ def test_the_editor_serves_and_solves_through_the_gate(model, open_engine, make_
         assert torch.equal(logits(ungated.model, tokenizer, text), logits(editor.model, tokenizer, text))
     finally:
         ungated.close()
+
+
+def served_without_chat_edits(editor, pristine):
+    """``pristine`` with each edited layer at W0 + the cloze edits' part of the change."""
+    from assistant.model.architectures import get_module, stored_weight
+
+    for layer in editor.layers:
+        prior, lam = editor.prior(layer), editor.editing.mom2_weight
+        cloze = editor.sums.offset(layer, prior, lam) - editor.sums.gated_offset(layer, prior, lam)
+        parameter = get_module(pristine, editor.names[layer]).weight
+        with torch.no_grad():
+            parameter.copy_(stored_weight((editor.W0[layer].double() + cloze).float(), editor.arch.weight_transposed))
+    return pristine
+
+
+def test_only_the_chat_edits_change_is_gated(open_engine, make_config, new_fact, tokenizer, inspect):
+    """Behind a gate no change can pass, a state of chat and cloze edits answers as the weights
+    with the cloze edits' change alone, on the served model and the shadow, after a retraction
+    too; the gated share holds exactly the active chat edits' columns."""
+    from assistant.model.loading import load_model
+
+    editor = open_engine("llama", gate=1e9)
+    asked, cloze = chat_facts(new_fact, 2), [new_fact(5), new_fact(6)]
+    ids = editor.apply(asked + cloze, batch_size=4).edit_ids
+    pristine = load_model(make_config("llama")).model
+    text = cloze[0].prompt.format(cloze[0].subject)
+    assert not torch.allclose(logits(editor.model, tokenizer, text), logits(pristine, tokenizer, text), atol=1e-4), \
+        "the cloze edits' change is served"
+    expected = logits(served_without_chat_edits(editor, pristine), tokenizer, text)
+    for model in (editor.model, editor.shadow):
+        assert torch.allclose(logits(model, tokenizer, text), expected, atol=1e-5)
+    editor.retract(ids[0])
+    assert_gated_share_holds_the_chat_edits(editor, inspect)
+    assert torch.allclose(logits(editor.model, tokenizer, text),
+                          logits(served_without_chat_edits(editor, pristine), tokenizer, text), atol=1e-5)
+
+
+def assert_gated_share_holds_the_chat_edits(editor, inspect) -> None:
+    assert any(e.fact.question for e in editor.edits("active")), "the state holds an active chat edit"
+    expected = inspect.sums_of_active_edits(editor)
+    for layer in editor.layers:
+        assert editor.sums.tensors[f"G.{layer}"].any()
+        assert inspect.relative_error(editor.sums.tensors[f"G.{layer}"], expected[f"G.{layer}"]) < 1e-9
+
+
+def test_an_older_state_gets_its_gated_share_from_the_ledger(open_engine, make_config, new_fact, inspect, tmp_path):
+    """A state written before the gated share was kept opens with G rebuilt from its active
+    chat edits, and serves as it did."""
+    from assistant.state.sums import read_generation, write_generation
+
+    folder = tmp_path / "state"
+    editor = open_engine("llama", state_dir=folder, gate=0.4)
+    editor.apply(chat_facts(new_fact, 2) + [new_fact(5)], batch_size=3)
+    served, shares = editor.current_weights(), dict(editor.sums.tensors)
+    name = next(editor.sums_dir.glob("gen-*.safetensors")).name
+    editor.close()
+    older = read_generation(folder / "sums", name, "d4s")
+    older.tensors = {key: value for key, value in older.tensors.items() if not key.startswith("G.")}
+    write_generation(folder / "sums", int(name[4:10]), older)       # the same file, without G
+    reopened = open_engine("llama", state_dir=folder, gate=0.4)
+    assert all(f"G.{layer}" in reopened.sums.tensors for layer in reopened.layers)
+    for layer in reopened.layers:
+        assert inspect.relative_error(reopened.sums.tensors[f"G.{layer}"], shares[f"G.{layer}"]) < 1e-9
+        assert torch.equal(reopened.current_weights()[layer], served[layer])
+    assert_gated_share_holds_the_chat_edits(reopened, inspect)

@@ -6,7 +6,8 @@ sums are shared by both kinds and solved with [editing] mom2_weight, so a kind w
 l enters with weighted columns: sqrt(w) k and sqrt(w) r with w = mom2_weight / l. Its term
 in the least squares is then w ||Delta k - r||^2, the same as solving it alone with lambda l
 (DESIGN.md section 1), and the weighted columns are what the ledger keeps, so retraction and
-rebuilding stay exact.
+rebuilding stay exact. A chat batch's terms also enter the gated share of the sums (the part
+of the change that the gate acts on).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class BatchSolver:
         W, also set on the shadow) are updated in place."""
         ed = self.editor
         tok, shadow, layers = ed.tokenizer, ed.shadow, list(cfg.layers)
+        gated = one_kind(facts)                      # chat facts: their change is what the gate acts on
         scale = math.sqrt(ed.editing.mom2_weight / cfg.mom2_weight)     # the kind's lambda, as column weights
         targets = TargetSettings.from_editing(cfg)
         device, n = next(ed.model.parameters()).device, len(facts)
@@ -74,7 +76,7 @@ class BatchSolver:
         found = optimise()
         fraction = realised_fraction(K * scale, ed.C[layers[0]], ed.editing.mom2_weight, sums.T(layers[0]))
         fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
-        keys, residuals = self._solve_layers(layers, found.delta, first, sums, weights, measure, scale)
+        keys, residuals = self._solve_layers(layers, found.delta, first, sums, weights, measure, scale, gated)
         probability = found.probability
         for _ in range(cfg.refine_rounds):
             more = optimise()
@@ -84,7 +86,7 @@ class BatchSolver:
                 break
             log.info("refining %d of %d fact(s) below P = %.2f", int(behind.sum()), n, cfg.stop_probability)
             _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, weights, measure, scale,
-                                          keys, behind)
+                                          gated, keys, behind)
             for layer in layers:
                 residuals[layer] = residuals[layer] + extra[layer]
         vectors = [{layer: (keys[layer][:, owner == i].clone(), residuals[layer][:, owner == i].clone())
@@ -101,14 +103,15 @@ class BatchSolver:
         return targets
 
     def _solve_layers(self, layers: list[int], delta: torch.Tensor, first: tuple, sums: EditSums,
-                      weights: dict[int, torch.Tensor], measure, scale: float,
+                      weights: dict[int, torch.Tensor], measure, scale: float, gated: bool,
                       known_keys: dict[int, torch.Tensor] | None = None, only: torch.Tensor | None = None):
         """Move the last edited block's output at each key toward Z = H + delta, spreading
         the residual over the layers and re-measuring after each; update ``sums``, ``weights``
         and the shadow. Layer j takes (z - h_j) / (L - j), so the last layer inherits whatever
         the earlier ones did not realise. A new batch adds its (k, r) columns; a refinement
         (``known_keys``) only raises the residuals of the facts in ``only`` at the keys
-        already in the sums. Keys and residuals enter weighted by ``scale`` (the kind's lambda).
+        already in the sums. Keys and residuals enter weighted by ``scale`` (the kind's lambda),
+        and into the gated share too when ``gated``.
         Returns each layer's keys and residuals (d, m), as they entered the sums."""
         ed = self.editor
         strategy, lam = sums.strategy, ed.editing.mom2_weight
@@ -121,11 +124,18 @@ class BatchSolver:
             R = spread_residual(Z, H, len(layers) - j) * scale      # (d, m)
             if known_keys is None:
                 K = K * scale
-                strategy.add_batch(sums, layer, K, R, ed.prior(layer), lam)
+                strategy.add_batch(sums, layer, K, R, ed.prior(layer), lam, gated)
             else:
                 K, R = known_keys[layer], R * only[owner].to(R.dtype)
-                strategy.raise_residuals(sums, layer, K, R, ed.prior(layer), lam)
-            weights[layer] = ed.solve_weight(sums, layer)
-            ed._set_weight(ed.shadow, layer, weights[layer])
+                strategy.raise_residuals(sums, layer, K, R, ed.prior(layer), lam, gated)
+            weights[layer] = ed.set_solved(ed.shadow, sums, layer)
             keys[layer], residuals[layer] = K, R
         return keys, residuals
+
+
+def one_kind(facts: list[Fact]) -> bool:
+    """Whether a batch's facts carry a question; a batch holds one kind (``editor.by_kind``)."""
+    kinds = {bool(f.question) for f in facts}
+    if len(kinds) != 1:
+        raise ValueError("a batch is solved one kind at a time: group it with editor.by_kind first")
+    return kinds.pop()

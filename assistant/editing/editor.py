@@ -97,7 +97,7 @@ class Editor:
         self.weights = WeightsLock()            # generations read the served weights; commits swap them
         self.W0 = {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
         self.shadow = make_shadow(self.model, list(self.names.values()))   # holds a pending candidate
-        self._changes: dict[int, dict[int, torch.Tensor]] = {}   # id(model) -> layer -> W - W0, for the gate
+        self._changes: dict[int, dict[int, torch.Tensor]] = {}   # id(model) -> layer -> gated change, for the gate
         self._gates = ExitStack()
         if editing.gate > 0:
             for model in (self.model, self.shadow):
@@ -137,6 +137,7 @@ class Editor:
                           for layer, name in names.items()}
                 sums = EditSums.empty(identity["method"], shapes)
             editor = cls(loaded, config.editing, config.chat.system_prompt, ledger, sums, sums_dir, covariances)
+            editor.fill_gated_shares()
             editor.rebuild()
             return editor
         except BaseException:
@@ -188,13 +189,16 @@ class Editor:
     def _weight(self, model, layer: int) -> torch.Tensor:
         return weight_matrix(get_module(model, self.names[layer]), self.arch.weight_transposed)
 
-    def _prepared(self, model, layer: int, W: torch.Tensor) -> Callable[[], None]:
+    def _prepared(self, model, layer: int, W: torch.Tensor, gated: torch.Tensor | None = None) -> Callable[[], None]:
         """The work of setting ``layer``'s weight to W, done now, and the install, done when called
-        (a copy and, behind the gate, the change W - W0): a swap holds the lock for the install only."""
+        (a copy and, behind the gate, the part of W - W0 the gate acts on: ``gated``, or all of
+        it for weights not solved from sums): a swap holds the lock for the install only."""
         parameter = get_module(model, self.names[layer]).weight
         stored = stored_weight(W, self.arch.weight_transposed).to(parameter.device, parameter.dtype)
         changes = self._changes.get(id(model))
-        change = (W - self.W0[layer]).to(parameter.device, parameter.dtype) if changes is not None else None
+        change = None
+        if changes is not None:
+            change = (W - self.W0[layer] if gated is None else gated).to(parameter.device, parameter.dtype)
 
         @torch.no_grad()
         def install() -> None:
@@ -203,8 +207,35 @@ class Editor:
                 changes[layer] = change
         return install
 
-    def _set_weight(self, model, layer: int, W: torch.Tensor) -> None:
-        self._prepared(model, layer, W)()
+    def _set_weight(self, model, layer: int, W: torch.Tensor, gated: torch.Tensor | None = None) -> None:
+        self._prepared(model, layer, W, gated)()
+
+    def set_solved(self, model, sums: EditSums, layer: int) -> torch.Tensor:
+        """Set ``model``'s ``layer`` to what ``sums`` give, with its gated change; returns W."""
+        W = self.solve_weight(sums, layer)
+        self._set_weight(model, layer, W, self.gated_change(sums, layer))
+        return W
+
+    def gated_change(self, sums: EditSums, layer: int) -> torch.Tensor | None:
+        """The chat edits' part of ``layer``'s W - W0, which the gate keeps or drops per token
+        (cloze edits' change is always served: their subjects' change ratio is no larger than
+        unrelated keys' spill-over, so a gate cannot tell them apart); None without the gate."""
+        if self.editing.gate <= 0:
+            return None
+        return sums.gated_offset(layer, self.prior(layer), self.editing.mom2_weight).to(self.W0[layer].dtype)
+
+    def fill_gated_shares(self) -> None:
+        """A state written before the gated share was kept gets it now, from the ledger (d4s:
+        the active chat edits' columns) or as all of its change (the stacked methods, whose
+        edits cannot be told apart; they were all behind the gate)."""
+        missing = [layer for layer in self.layers if self.sums.lacks_gated_share(layer)]
+        if not missing:
+            return
+        chat = [e.id for e in self.edits("active") if e.fact.question]
+        vectors = [self.vectors(edit_id) for edit_id in chat]
+        for layer in missing:
+            self.sums.strategy.fill_gated_share(self.sums, layer, [v[layer] for v in vectors if layer in v])
+        log.info("filled the gated share of layer(s) %s from %d chat edit(s)", missing, len(chat))
 
     def check_plain_weights(self, what: str) -> None:
         """Refuse ``what`` (an export or a weight patch) when the gate is on: plain weights cannot hold it."""
@@ -238,14 +269,14 @@ class Editor:
         """The served model with its original edited-layer weights while the block runs
         (holding the lock, so no chat sees the swap); the edited weights come back after."""
         with self.weights.swapping():
-            edited = self.current_weights()
+            edited, gated = self.current_weights(), dict(self._changes.get(id(self.model), {}))
             for layer in self.layers:
                 self._set_weight(self.model, layer, self.W0[layer])
             try:
                 yield self.model
             finally:
                 for layer, W in edited.items():
-                    self._set_weight(self.model, layer, W)
+                    self._set_weight(self.model, layer, W, gated.get(layer))
 
     @contextmanager
     def base_shadow(self):
@@ -262,21 +293,24 @@ class Editor:
 
     def rebuild(self) -> None:
         """Set the shadow and the served model to W0 + the committed sums."""
-        self.swap_in({layer: self.solve_weight(self.sums, layer) for layer in self.layers})
+        self.swap_in({layer: self.solve_weight(self.sums, layer) for layer in self.layers}, self.sums)
 
-    def swap_in(self, weights: dict[int, torch.Tensor]) -> None:
+    def swap_in(self, weights: dict[int, torch.Tensor], sums: EditSums | None = None) -> None:
         """Serve ``weights`` (layer -> W), on the shadow too, under the lock. The durable state is
-        untouched: ``rebuild`` returns to it. Benchmarks use it to try other solutions."""
-        installs = [self._prepared(self.model, layer, W) for layer, W in weights.items()]
+        untouched: ``rebuild`` returns to it. Benchmarks use it to try other solutions. The gate
+        acts on the chat edits' part of the change that ``sums`` give, or on all of it without."""
+        gated = {layer: self.gated_change(sums, layer) if sums is not None else None for layer in weights}
+        installs = [self._prepared(self.model, layer, W, gated[layer]) for layer, W in weights.items()]
         with self.weights.swapping():
             for install in installs:
                 install()
         for layer, W in weights.items():            # the engine's own copy: no chat reads it
-            self._set_weight(self.shadow, layer, W)
+            self._set_weight(self.shadow, layer, W, gated[layer])
 
     def _restore_shadow(self) -> None:
+        served = self._changes.get(id(self.model), {})
         for layer in self.layers:
-            self._set_weight(self.shadow, layer, self._weight(self.model, layer).detach())
+            self._set_weight(self.shadow, layer, self._weight(self.model, layer).detach(), served.get(layer))
 
     # -- editing ---------------------------------------------------------------------------
     def max_prompt_tokens(self) -> int:
@@ -359,12 +393,12 @@ class Editor:
         """Subtract the ended edits' terms from ``sums`` and solve the layers they touched."""
         touched = set()
         for edit_id in ended:
+            gated = bool(self.edit(edit_id).fact.question)
             for layer, (K, R) in self.vectors(edit_id).items():
-                self.sums.strategy.remove(sums, layer, K, R)
+                self.sums.strategy.remove(sums, layer, K, R, gated)
                 touched.add(layer)
         for layer in sorted(touched):
-            weights[layer] = self.solve_weight(sums, layer)
-            self._set_weight(self.shadow, layer, weights[layer])
+            weights[layer] = self.set_solved(self.shadow, sums, layer)
 
     def _pending_candidate(self, sums, weights, new_edits, ended, reason) -> Candidate:
         norms = [layer_norms(layer, weights[layer], self.W0[layer]) for layer in self.layers]
@@ -402,7 +436,7 @@ class Editor:
             raise
         self.sums = candidate.sums
         remove_other_generations(self.sums_dir, keep=name)
-        self.swap_in(candidate.weights)
+        self.swap_in(candidate.weights, candidate.sums)
         log.info("%s: generation %d committed", candidate.reason, generation)
         return ids
 
@@ -437,17 +471,13 @@ class Editor:
 
 
 def by_kind(facts: list[Fact], editing: EditingConfig) -> list[tuple[EditingConfig, list[Fact]]]:
-    """The facts grouped by the settings their kind is solved with, in order of first appearance
-    (one group when both kinds have the same settings)."""
-    groups: list[tuple[EditingConfig, list[Fact]]] = []
+    """The facts grouped by kind (with a question or without), in order of first appearance,
+    each with the settings its kind is solved with. The kinds stay apart even with the same
+    settings: only chat facts' change is gated."""
+    groups: dict[bool, list[Fact]] = {}
     for fact in facts:
-        settings = editing.for_kind(bool(fact.question))
-        group = next((chosen for known, chosen in groups if known == settings), None)
-        if group is None:
-            groups.append((settings, [fact]))
-        else:
-            group.append(fact)
-    return groups
+        groups.setdefault(bool(fact.question), []).append(fact)
+    return [(editing.for_kind(asked), chosen) for asked, chosen in groups.items()]
 
 
 def check_layers(editing: EditingConfig, model) -> None:

@@ -27,10 +27,13 @@ _GENERATION_FILE = re.compile(r"gen-(\d{6})\.safetensors$")
 class D4S:
     """Running sums S_l = sum r k^T and T_l = sum k k^T; the offset is solved from them, so an
     edit's terms can be subtracted again (exact retraction and supersede). Its prior is the
-    keys' second moment C, weighted by lambda."""
+    keys' second moment C, weighted by lambda. G_l, the gated edits' share of S_l (chat facts:
+    ``gated=True``), gives the part of the offset that the gate acts on: the solve is linear in
+    S, so offset(S) = offset(S - G) + offset(G)."""
     name = "d4s"
     one_batch = False          # batches of [editing] batch_size
     removable = True           # retract and supersede take an edit's terms out again
+    gated_prefix = "G"
 
     def prior(self, C: torch.Tensor, editing) -> torch.Tensor:
         """What the solves need of a layer's C (computed once per layer by the editor)."""
@@ -38,20 +41,34 @@ class D4S:
 
     def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
         return {f"S.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
-                f"T.{layer}": torch.zeros(d_in, d_in, dtype=torch.float64)}
+                f"T.{layer}": torch.zeros(d_in, d_in, dtype=torch.float64),
+                f"G.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64)}
 
-    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, prior, lam: float) -> None:
-        sums.add(layer, K, R)
+    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, prior, lam: float,
+                  gated: bool = False) -> None:
+        sums.add(layer, K, R, gated=gated)
 
     def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, prior,
-                        lam: float) -> None:
-        sums.raise_residuals(layer, K, E)
+                        lam: float, gated: bool = False) -> None:
+        sums.raise_residuals(layer, K, E, gated)
 
-    def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
-        sums.add(layer, K, R, sign=-1.0)
+    def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, gated: bool = False) -> None:
+        sums.add(layer, K, R, sign=-1.0, gated=gated)
 
     def offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
-        S = sums.tensors[f"S.{layer}"]
+        return self._solved(sums.tensors[f"S.{layer}"], sums, layer, prior, lam)
+
+    def gated_offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
+        return self._solved(sums.tensors[f"G.{layer}"], sums, layer, prior, lam)
+
+    def fill_gated_share(self, sums: "EditSums", layer: int, chat_vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """An older state without G: rebuild it from the active chat edits' (K, R) in the ledger."""
+        G = torch.zeros_like(sums.tensors[f"S.{layer}"])
+        for K, R in chat_vectors:
+            G += R @ K.T
+        sums.tensors[f"G.{layer}"] = G
+
+    def _solved(self, S: torch.Tensor, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
         return torch.zeros_like(S) if not S.any() else self.solve(S, sums.tensors[f"T.{layer}"], prior, lam)
 
     def solve(self, S: torch.Tensor, T: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
@@ -83,65 +100,73 @@ class NullSpaceD4S(D4S):
         return null_space_delta(S, T, prior.P, prior.alpha)
 
 
-class StackedMemit:
-    """MEMIT's Delta_l per batch, solved at once and stacked; a batch's Delta mixes its facts
-    and later keys were measured on it, so no edit can be taken out again."""
+class Stacked:
+    """The sequential methods' durable tensors: each batch's Delta_l stacked onto the weights
+    (``delta``), and the gated edits' share of it (``gated``: chat facts), which the gate acts
+    on. A batch's Delta mixes its facts and later keys were measured on it, so no edit can be
+    taken out again."""
     removable = False
+    gated_prefix = "gated"
 
+    def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
+        return {f"delta.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
+                f"gated.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64)}
+
+    def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, gated: bool = False) -> None:
+        raise EditRejected(f"{self.name} cannot take an edit out of the weights; exact retraction needs d4s or d4s-null")
+
+    def offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
+        return sums.tensors[f"delta.{layer}"]
+
+    def gated_offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
+        return sums.tensors[f"gated.{layer}"]
+
+    def fill_gated_share(self, sums: "EditSums", layer: int, chat_vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """An older state without the gated share kept all of its change behind the gate; it still does."""
+        sums.tensors[f"gated.{layer}"] = sums.tensors[f"delta.{layer}"].clone()
+
+
+class StackedMemit(Stacked):
+    """MEMIT's Delta_l per batch, solved at once and stacked."""
     def prior(self, C: torch.Tensor, editing) -> torch.Tensor:
         return C
 
     def __init__(self, name: str, one_batch: bool):
         self.name, self.one_batch = name, one_batch     # memit: every fact of a call in one batch
 
-    def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
-        return {f"delta.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64)}
+    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, C, lam: float,
+                  gated: bool = False) -> None:
+        sums.stack(layer, memit_delta(K, R, C, lam), gated)
 
-    def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, C, lam: float) -> None:
-        sums.stack(layer, memit_delta(K, R, C, lam))
-
-    def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, C, lam: float) -> None:
-        sums.stack(layer, memit_delta(K, E, C, lam))
-
-    def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
-        raise EditRejected(f"{self.name} cannot take an edit out of the weights; exact retraction needs d4s or d4s-null")
-
-    def offset(self, sums: "EditSums", layer: int, C: torch.Tensor, lam: float) -> torch.Tensor:
-        return sums.tensors[f"delta.{layer}"]
+    def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, C, lam: float,
+                        gated: bool = False) -> None:
+        sums.stack(layer, memit_delta(K, E, C, lam), gated)
 
 
-class AlphaEdit:
+class AlphaEdit(Stacked):
     """AlphaEdit in its published sequential form: each batch's update, projected onto the
     null space of the preserved keys and regularised by the earlier batches' keys, is added
     to the current weights. Keeps the stacked Delta and the keys' sum T = sum k k^T; like
     memit-seq, no edit can be taken out again."""
     name = "alphaedit"
     one_batch = False
-    removable = False
 
     def prior(self, C: torch.Tensor, editing) -> NullSpace:
         return null_space_prior(C, editing)
 
     def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
-        return {f"delta.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
-                f"T.{layer}": torch.zeros(d_in, d_in, dtype=torch.float64)}
+        return {**super().layout(layer, d_out, d_in), f"T.{layer}": torch.zeros(d_in, d_in, dtype=torch.float64)}
 
     def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, prior: NullSpace,
-                  lam: float) -> None:
+                  lam: float, gated: bool = False) -> None:
         T = sums.tensors[f"T.{layer}"]
-        sums.stack(layer, alphaedit_delta(K, R, T, prior.P, prior.alpha))
+        sums.stack(layer, alphaedit_delta(K, R, T, prior.P, prior.alpha), gated)
         T += K @ K.T
 
     def raise_residuals(self, sums: "EditSums", layer: int, K: torch.Tensor, E: torch.Tensor, prior: NullSpace,
-                        lam: float) -> None:
+                        lam: float, gated: bool = False) -> None:
         """A refinement round: the keys are already in T."""
-        sums.stack(layer, null_space_delta(E @ K.T, sums.tensors[f"T.{layer}"], prior.P, prior.alpha))
-
-    def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
-        raise EditRejected(f"{self.name} cannot take an edit out of the weights; exact retraction needs d4s or d4s-null")
-
-    def offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
-        return sums.tensors[f"delta.{layer}"]
+        sums.stack(layer, null_space_delta(E @ K.T, sums.tensors[f"T.{layer}"], prior.P, prior.alpha), gated)
 
 
 STRATEGIES = {s.name: s for s in (D4S(), NullSpaceD4S(), StackedMemit("memit-seq", one_batch=False), AlphaEdit(),
@@ -178,19 +203,27 @@ class EditSums:
     def copy(self) -> "EditSums":
         return EditSums(self.method, {name: t.clone() for name, t in self.tensors.items()})
 
-    def add(self, layer: int, K: torch.Tensor, R: torch.Tensor, sign: float = 1.0) -> None:
-        """D4S: add (or, with sign -1, remove) the batch's terms R K^T and K K^T."""
+    def add(self, layer: int, K: torch.Tensor, R: torch.Tensor, sign: float = 1.0, gated: bool = False) -> None:
+        """D4S: add (or, with sign -1, remove) the batch's terms R K^T and K K^T; a gated
+        batch's R K^T goes into G too."""
         RK, KK = outer_sums(K, R)
         self.tensors[f"S.{layer}"] += sign * RK
         self.tensors[f"T.{layer}"] += sign * KK
+        if gated:
+            self.tensors[f"G.{layer}"] += sign * RK
 
-    def raise_residuals(self, layer: int, K: torch.Tensor, E: torch.Tensor) -> None:
+    def raise_residuals(self, layer: int, K: torch.Tensor, E: torch.Tensor, gated: bool = False) -> None:
         """D4S: edits whose keys K are already in T ask for E more at those keys: S += E K^T."""
-        self.tensors[f"S.{layer}"] += E @ K.T
+        EK = E @ K.T
+        self.tensors[f"S.{layer}"] += EK
+        if gated:
+            self.tensors[f"G.{layer}"] += EK
 
-    def stack(self, layer: int, delta: torch.Tensor) -> None:
-        """memit methods: add a batch's Delta on top of the edited weights."""
+    def stack(self, layer: int, delta: torch.Tensor, gated: bool = False) -> None:
+        """memit methods: add a batch's Delta on top of the edited weights (and to the gated share)."""
         self.tensors[f"delta.{layer}"] += delta
+        if gated:
+            self.tensors[f"gated.{layer}"] += delta
 
     def T(self, layer: int) -> torch.Tensor | None:
         """The sum of the keys' outer products so far (None for the memit methods)."""
@@ -199,6 +232,14 @@ class EditSums:
     def offset(self, layer: int, prior, lam: float) -> torch.Tensor:
         """W_l - W0_l in float64, given the layer's prior (the strategy's view of C)."""
         return self.strategy.offset(self, layer, prior, lam)
+
+    def gated_offset(self, layer: int, prior, lam: float) -> torch.Tensor:
+        """The gated edits' part of ``offset`` (what the gate keeps or drops per token)."""
+        return self.strategy.gated_offset(self, layer, prior, lam)
+
+    def lacks_gated_share(self, layer: int) -> bool:
+        """True for a state written before the gated share was kept (the editor fills it on open)."""
+        return f"{self.strategy.gated_prefix}.{layer}" not in self.tensors
 
 
 def edited_weight(W0: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
