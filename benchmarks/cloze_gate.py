@@ -2,8 +2,9 @@
 and each given variant (the editor's own gate on, as served), then scored as served: the new
 object preferred to the true one on the prompt and its first paraphrase (efficacy,
 paraphrase), the true object kept on two neighbourhood prompts per fact, and each layer's L1
-growth. Without the gate's re-check (refine_rounds = 0) a cloze edit's change at the subject
-is mostly below the gate's threshold (README, RESULTS 10).
+growth. When the gate acted on every edit's change, a cloze edit's change at the subject was
+mostly below its threshold without refinement (RESULTS 10); the gate now acts on chat edits
+only, and this script shows cloze edits as served all the same.
 
     LIVEDIT_HOME=.livedit-test-home python -m benchmarks.cloze_gate --start 1000 --count 30 \
         --variant editing.refine_rounds=0 --state-dir /tmp/cloze-gate --out benchmarks/results/cloze-gate-1000-1029.json
