@@ -19,10 +19,10 @@ from benchmarks.common import common_arguments, configured, environment, load_sl
 
 
 def scaled(sums, scale: float):
-    """A copy of d4s sums whose residual sums S are ``scale`` times larger."""
+    """A copy of d4s sums whose residual sums S (and their chat share G) are ``scale`` times larger."""
     out = sums.copy()
     for name, tensor in out.tensors.items():
-        if name.startswith("S."):
+        if name.startswith(("S.", "G.")):
             tensor.mul_(scale)
     return out
 
