@@ -119,7 +119,7 @@ class EditingConfig:
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
     refine_rounds: int = _help("rounds that re-check each cloze fact on the edited model and raise the "
-                               "residuals of those still below stop_probability", 0)
+                               "residuals of those still below stop_probability", 1)
     chat_refine_rounds: int = _help("the same for chat facts (below chat_stop_probability)", 2)
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 24)
