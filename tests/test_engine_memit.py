@@ -19,7 +19,7 @@ def memit_delta_from_ledger(editor, edit_ids, layer):
 
 def test_memit_seq_stacks_one_delta_per_batch(open_engine, new_fact, inspect):
     editor = open_engine(method="memit-seq", batch_size=1)
-    assert editor.method == "memit-seq" and set(editor.sums.tensors) == {"delta.1", "delta.2", "gated.1", "gated.2"}
+    assert editor.method == "memit-seq" and set(editor.sums.tensors) == {"delta.1", "delta.2", "G.1", "G.2"}
     first = editor.apply([new_fact(0)])
     norms_after_first = editor.norms()
     second = editor.apply([new_fact(1), new_fact(2)])          # batch_size 1: two more generations

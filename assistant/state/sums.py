@@ -33,7 +33,6 @@ class D4S:
     name = "d4s"
     one_batch = False          # batches of [editing] batch_size
     removable = True           # retract and supersede take an edit's terms out again
-    gated_prefix = "G"
 
     def prior(self, C: torch.Tensor, editing) -> torch.Tensor:
         """What the solves need of a layer's C (computed once per layer by the editor)."""
@@ -102,15 +101,14 @@ class NullSpaceD4S(D4S):
 
 class Stacked:
     """The sequential methods' durable tensors: each batch's Delta_l stacked onto the weights
-    (``delta``), and the gated edits' share of it (``gated``: chat facts), which the gate acts
+    (``delta``), and the gated edits' share of it (``G``: chat facts), which the gate acts
     on. A batch's Delta mixes its facts and later keys were measured on it, so no edit can be
     taken out again."""
     removable = False
-    gated_prefix = "gated"
 
     def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
         return {f"delta.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
-                f"gated.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64)}
+                f"G.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64)}
 
     def remove(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, gated: bool = False) -> None:
         raise EditRejected(f"{self.name} cannot take an edit out of the weights; exact retraction needs d4s or d4s-null")
@@ -119,11 +117,11 @@ class Stacked:
         return sums.tensors[f"delta.{layer}"]
 
     def gated_offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
-        return sums.tensors[f"gated.{layer}"]
+        return sums.tensors[f"G.{layer}"]
 
     def fill_gated_share(self, sums: "EditSums", layer: int, chat_vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """An older state without the gated share kept all of its change behind the gate; it still does."""
-        sums.tensors[f"gated.{layer}"] = sums.tensors[f"delta.{layer}"].clone()
+        sums.tensors[f"G.{layer}"] = sums.tensors[f"delta.{layer}"].clone()
 
 
 class StackedMemit(Stacked):
@@ -223,7 +221,7 @@ class EditSums:
         """memit methods: add a batch's Delta on top of the edited weights (and to the gated share)."""
         self.tensors[f"delta.{layer}"] += delta
         if gated:
-            self.tensors[f"gated.{layer}"] += delta
+            self.tensors[f"G.{layer}"] += delta
 
     def T(self, layer: int) -> torch.Tensor | None:
         """The sum of the keys' outer products so far (None for the memit methods)."""
@@ -239,7 +237,7 @@ class EditSums:
 
     def lacks_gated_share(self, layer: int) -> bool:
         """True for a state written before the gated share was kept (the editor fills it on open)."""
-        return f"{self.strategy.gated_prefix}.{layer}" not in self.tensors
+        return f"G.{layer}" not in self.tensors
 
 
 def edited_weight(W0: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
