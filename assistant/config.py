@@ -118,9 +118,10 @@ class EditingConfig:
                                          0.97)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
-    refine_rounds: int = _help("rounds that re-check each cloze fact on the edited model and raise the "
-                               "residuals of those still below stop_probability", 1)
-    chat_refine_rounds: int = _help("the same for chat facts (below chat_stop_probability)", 2)
+    refine_rounds: int = _help("rounds that re-check each cloze fact on the edited model in the form it is "
+                               "asked in (its plain prompt) and raise the residuals of those still below "
+                               "stop_probability there", 1)
+    chat_refine_rounds: int = _help("the same for chat facts (their question, below chat_stop_probability)", 2)
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 24)
     tokens_per_pass: int = _help("most prompt tokens in one forward and backward pass of the target "

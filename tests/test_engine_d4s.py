@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from assistant.model.architectures import get_module
+from assistant.editing import batch_solve
 from assistant.editing.closed_form import d4s_delta
 from assistant.errors import StateError
 from assistant.facts import make_fact
@@ -422,3 +423,26 @@ def test_base_shadow_is_w0_on_the_shadow_and_then_restored(open_engine, facts, i
         with editor.base_shadow():
             raise RuntimeError("inside the block")
     inspect.assert_unchanged(editor, before)
+
+
+def test_refinement_rechecks_each_fact_in_the_form_it_is_asked_in(open_engine, monkeypatch):
+    """Each refinement round optimises new targets for exactly the facts whose new object
+    is still below the stop probability after their plain prompt (what users and the
+    detector ask), measured here on the edited shadow independently of the engine."""
+    facts = subject_last_facts()
+    prompts, targets = [f.filled_prompt for f in facts], [f.target_new for f in facts]
+    rounds, real = [], batch_solve.optimise_targets
+
+    def recording(model, train, kl, block, h_norm, cfg, pad, only=None):
+        if only is not None:
+            behind = torch.exp(-completion_nll(model, editor.tokenizer, prompts, targets)) < cfg.stop_probability
+            rounds.append((only.clone(), behind))
+        return real(model, train, kl, block, h_norm, cfg, pad, only)
+
+    monkeypatch.setattr(batch_solve, "optimise_targets", recording)
+    editor = open_engine("sharp-llama", mom2_weight=3000.0, stop_probability=0.95, steps=12, refine_rounds=2,
+                         context_prefixes=["", "Note: "])
+    editor.apply(facts)
+    assert rounds and rounds[0][0].any()
+    for only, behind in rounds:
+        assert torch.equal(only, behind)

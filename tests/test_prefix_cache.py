@@ -14,8 +14,10 @@ from assistant.editing.targets import add_delta_at, delta_sites
 SETTINGS = PromptSettings(context_prefixes=("", "Note: ", "A longer prefix: "))
 
 
+@pytest.mark.parametrize("replayed", [False, True])
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
-def test_suffix_states_match_the_full_forward_with_the_delta(model, make_config, new_fact):
+def test_suffix_states_match_the_full_forward_with_the_delta(model, replayed, make_config, new_fact):
+    """Also with the suffix's blocks up to the delta's run once and replayed at each step."""
     loaded = load_model(make_config(model))
     m, tok = loaded.model, loaded.tokenizer
     facts = [new_fact(i) for i in range(3)]
@@ -26,7 +28,8 @@ def test_suffix_states_match_the_full_forward_with_the_delta(model, make_config,
     with torch.no_grad():
         with edit_output(block, add_delta_at(delta_sites(batch), delta)):
             full = m.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        split = split_rows(m, batch, tok.pad_token_id)
+        split = split_rows(m, batch, tok.pad_token_id, through=block if replayed else None)
+        assert len(split.blocks_below) == (2 if replayed else 0)
         for _ in range(2):                                   # the cache is reusable step after step
             with edit_output(block, add_delta_at(delta_sites(batch, from_subject=True), delta)):
                 part = suffix_hidden(m, split)
@@ -35,4 +38,4 @@ def test_suffix_states_match_the_full_forward_with_the_delta(model, make_config,
                 got = part[i, :len(row.ids) - row.subject_pos]
                 assert torch.isfinite(got).all()
                 assert (expected - got).abs().max() <= 1e-4 * expected.abs().max()
-            assert split.cache.get_seq_length() == split.prefix_width
+            assert all(layer.get_seq_length() == split.prefix_width for layer in split.cache.layers)

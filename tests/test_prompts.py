@@ -130,3 +130,20 @@ def test_subject_casings():
     assert subject_casings("paris") == ["Paris"]
     assert subject_casings("42") == []
 
+
+
+def test_each_fact_has_one_asked_form_the_question_or_the_plain_prompt(chat_tokenizer):
+    """The form users and the updater's detector ask (refinement re-checks it): a fact's
+    question, else its cloze prompt without a context prefix; never a lead-in row."""
+    settings = PromptSettings(context_prefixes=("Note: ", ""), case_variants=True)
+    cloze = make_fact(id="c1", subject="Marie Curie", prompt="Marie Curie is famous for", target_new="football")
+    rows = fact_rows(0, cloze, chat_tokenizer, settings, True)
+    assert [row.asked for row in rows] == [False, True]
+    assert chat_tokenizer.decode(rows[1].ids).startswith("Marie Curie is famous for")
+    rows = fact_rows(1, question_fact(), chat_tokenizer, settings, True, [[7, 8]])
+    asked = [row for row in rows if row.asked]
+    assert len(asked) == 1 and rows.index(asked[0]) == 2          # after the two cloze forms
+    text = chat_tokenizer.decode(asked[0].ids)
+    assert "What is Marie Curie famous for?" in text and "marie curie" not in text
+    no_plain = fact_rows(0, cloze, chat_tokenizer, PromptSettings(context_prefixes=("Note: ", "So: ")), True)
+    assert [row.asked for row in no_plain] == [True, False]

@@ -8,7 +8,8 @@ import torch
 from assistant.model.architectures import architecture_of, get_module
 from assistant.editing.prompts import PromptSettings, Row, collate, fact_rows, kl_row
 from assistant.config import EditingConfig
-from assistant.editing.targets import TargetSettings, fact_groups, optimise_targets
+from assistant.editing.targets import TargetSettings, asked_probability, fact_groups, optimise_targets
+from assistant.evaluation.metrics import completion_nll
 
 
 def _batch(lengths_per_fact: list[list[int]]):
@@ -60,3 +61,41 @@ def test_target_settings_take_their_values_from_the_editing_section():
                                       stop_probability=0.8, tokens_per_pass=99)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.steps = 3   # type: ignore[misc]
+
+
+def _rows_of(editor, facts):
+    tok, cfg = editor.tokenizer, editor.editing
+    settings = PromptSettings(context_prefixes=tuple(cfg.context_prefixes))
+    train = collate([r for i, f in enumerate(facts) for r in fact_rows(i, f, tok, settings, True)],
+                    tok.pad_token_id, torch.device("cpu"))
+    kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
+    block = get_module(editor.shadow, architecture_of(editor.shadow).block_module.format(cfg.layers[-1]))
+    return train, kl, block
+
+
+def test_asked_probability_is_the_targets_probability_after_the_plain_prompt(open_engine, new_fact):
+    editor = open_engine("llama")
+    facts = [new_fact(i) for i in range(3)]
+    train, _, _ = _rows_of(editor, facts)
+    got = asked_probability(editor.shadow, train, len(facts))
+    nll = completion_nll(editor.shadow, editor.tokenizer, [f.filled_prompt for f in facts],
+                         [f.target_new for f in facts])
+    assert torch.allclose(got, torch.exp(-nll), rtol=1e-4)
+    assert got.min() > 0
+
+
+def test_optimising_only_some_facts_leaves_the_others_at_zero(open_engine, new_fact):
+    """A refinement round optimises the facts behind alone: the same deltas as a batch of
+    just those facts, and a zero delta and probability for the rest."""
+    editor = open_engine("llama", steps=5, stop_probability=0.99)
+    facts = [new_fact(i) for i in range(3)]
+    train, kl, block = _rows_of(editor, facts)
+    settings, pad = TargetSettings.from_editing(editor.editing), editor.tokenizer.pad_token_id
+    only = torch.tensor([True, False, True])
+    some = optimise_targets(editor.shadow, train, kl, block, torch.full((3,), 2.0), settings, pad, only)
+    train_alone, kl_alone, _ = _rows_of(editor, [facts[0], facts[2]])
+    alone = optimise_targets(editor.shadow, train_alone, kl_alone, block, torch.full((2,), 2.0), settings, pad)
+    assert some.delta[1].abs().sum() == 0 and some.probability[1] == 0
+    assert some.delta[0].abs().sum() > 0
+    assert torch.allclose(some.delta[only], alone.delta, atol=1e-5)
+    assert torch.allclose(some.probability[only], alone.probability, atol=1e-5)

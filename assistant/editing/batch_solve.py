@@ -22,7 +22,7 @@ from assistant.editing.keys import average_by_fact, keys_and_hidden
 from assistant.editing.lead_ins import answer_lead_ins
 from assistant.editing.prompts import RowBatch, collate, fact_rows, kl_row
 from assistant.config import EditingConfig
-from assistant.editing.targets import TargetSettings, optimise_targets
+from assistant.editing.targets import TargetSettings, asked_probability, optimise_targets
 from assistant.errors import InvalidFact
 from assistant.facts import Fact
 from assistant.model.architectures import get_module
@@ -43,8 +43,9 @@ class BatchSolver:
                    weights: dict[int, torch.Tensor]) -> list[NewEdit]:
         """Measure keys and targets on the shadow, solve the kind's layers (``cfg``, from
         ``EditingConfig.for_kind``) one by one (MEMIT's spread), then, for its
-        ``refine_rounds``, re-check every fact on the edited shadow and raise the residuals of
-        those still below its stop probability. ``sums`` and ``weights`` (each solved layer's
+        ``refine_rounds``, re-check every fact on the edited shadow in the form it is asked in
+        and raise the residuals of those still below its stop probability there (their new
+        targets are trained in every form, as the first ones). ``sums`` and ``weights`` (each solved layer's
         W, also set on the shadow) are updated in place."""
         ed = self.editor
         tok, shadow, layers = ed.tokenizer, ed.shadow, list(cfg.layers)
@@ -72,19 +73,24 @@ class BatchSolver:
         first = measure(layers[0])
         K, H, owner = first
         h_norm = average_by_fact(H.norm(dim=0)[:, None], owner, n)[:, 0].float()
-        optimise = lambda: self._targets(facts, train_batch, kl_batch, last_block, h_norm, targets)  # noqa: E731
+        optimise = lambda only=None: self._targets(facts, train_batch, kl_batch, last_block, h_norm,  # noqa: E731
+                                                   targets, only)
         found = optimise()
         fraction = realised_fraction(K * scale, ed.C[layers[0]], ed.editing.mom2_weight, sums.T(layers[0]))
         fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
         keys, residuals = self._solve_layers(layers, found.delta, first, sums, weights, measure, scale, gated)
         probability = found.probability
         for _ in range(cfg.refine_rounds):
-            more = optimise()
-            probability = more.probability
+            unsaid = asked_probability(shadow, train_batch, n) < cfg.stop_probability
+            if not unsaid.any():
+                break
+            more = optimise(unsaid)
+            probability = torch.where(unsaid.to(probability.device), more.probability, probability)
             behind = more.delta.norm(dim=1).cpu() > 0      # facts that passed at once keep a zero delta
             if not behind.any():
                 break
-            log.info("refining %d of %d fact(s) below P = %.2f", int(behind.sum()), n, cfg.stop_probability)
+            log.info("refining %d of %d fact(s) below P = %.2f in the form they are asked in", int(behind.sum()), n,
+                     cfg.stop_probability)
             _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, weights, measure, scale,
                                           gated, keys, behind)
             for layer in layers:
@@ -94,9 +100,10 @@ class BatchSolver:
         return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
 
     def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor,
-                 settings: TargetSettings):
+                 settings: TargetSettings, only: torch.Tensor | None = None):
         ed = self.editor
-        targets = optimise_targets(ed.shadow, train, kl, last_block, h_norm, settings, ed.tokenizer.pad_token_id)
+        targets = optimise_targets(ed.shadow, train, kl, last_block, h_norm, settings, ed.tokenizer.pad_token_id,
+                                   only)
         bad = [f.id for f, d in zip(facts, targets.delta) if not torch.isfinite(d).all()]
         if bad:
             raise InvalidFact(f"fact(s) {', '.join(bad)} gave NaN targets; nothing was applied")

@@ -4,16 +4,21 @@ The target delta enters at the subject's last token, so under causal attention e
 earlier token computes the same thing at every step. A row is split there: its prefix
 (left-padded) runs once into a key/value cache; each step runs only the suffix, which
 starts at the subject's last token, against a copy-free cropped cache.
+
+The delta enters at one block's output, so the suffix's blocks up to that one compute the
+same thing at every step too: they run once, and each step replays what they returned
+and computes only the blocks above.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from assistant.editing.prompts import RowBatch
+from assistant.model.hooks import recording_forwards, replaying_forwards
 
 
 @dataclass
@@ -24,6 +29,8 @@ class SplitRows:
     cache: object                  # the prefix's key/value cache, P positions
     prefix_width: int
     source: RowBatch
+    blocks_below: list = field(default_factory=list)   # the blocks up to the delta's, replayed at each step
+    returned_below: list = field(default_factory=list)  # what each returned for the suffix
 
 
 def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,9 +44,22 @@ def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
+def blocks_through(model, block: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's blocks from the first up to ``block``, in order; [] when ``block`` is not in
+    a list of blocks."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            for index, candidate in enumerate(module):
+                if candidate is block:
+                    return list(module[:index + 1])
+    return []
+
+
 @torch.no_grad()
-def split_rows(model, batch: RowBatch, pad: int) -> SplitRows:
-    """Cache every row's prefix (the tokens before its subject's last token)."""
+def split_rows(model, batch: RowBatch, pad: int, through: torch.nn.Module | None = None) -> SplitRows:
+    """Cache every row's prefix (the tokens before its subject's last token). With
+    ``through`` (the block whose output the delta edits), also run the suffix once through
+    the blocks up to it, for ``suffix_hidden`` to replay."""
     device = batch.input_ids.device
     prefixes = [row.ids[:row.subject_pos] for row in batch.rows]
     prefix_ids, prefix_mask = _left_padded(prefixes, pad, device)
@@ -56,8 +76,14 @@ def split_rows(model, batch: RowBatch, pad: int) -> SplitRows:
     starts = torch.tensor([row.subject_pos for row in batch.rows], device=device)
     positions = starts[:, None] + torch.arange(width, device=device)[None, :]
     cache = getattr(out, "cache", None) or out.past_key_values
-    return SplitRows(suffix_ids, torch.cat([prefix_mask, suffix_mask], 1), positions, cache,
-                     prefix_ids.shape[1], batch)
+    split = SplitRows(suffix_ids, torch.cat([prefix_mask, suffix_mask], 1), positions, cache,
+                      prefix_ids.shape[1], batch)
+    blocks = blocks_through(model, through) if through is not None else []
+    if blocks:
+        with recording_forwards(blocks) as returned:
+            suffix_hidden(model, split)
+        split.blocks_below, split.returned_below = blocks, returned
+    return split
 
 
 def _cache_argument(model) -> str:
@@ -66,19 +92,23 @@ def _cache_argument(model) -> str:
 
 
 def suffix_hidden(model, split: SplitRows) -> torch.Tensor:
-    """The final hidden states of the suffix tokens, (B, S, d), reusing the prefix cache."""
+    """The final hidden states of the suffix tokens, (B, S, d), reusing the prefix cache
+    and replaying the blocks below the delta when ``split_rows`` recorded them."""
     try:
-        out = model.base_model(input_ids=split.suffix_ids, attention_mask=split.mask, position_ids=split.positions,
-                               use_cache=True, **{_cache_argument(model): split.cache})
+        with replaying_forwards(split.blocks_below, split.returned_below):
+            out = model.base_model(input_ids=split.suffix_ids, attention_mask=split.mask,
+                                   position_ids=split.positions, use_cache=True,
+                                   **{_cache_argument(model): split.cache})
         return out.last_hidden_state
     finally:
         _restore_prefix(split)
 
 
 def _restore_prefix(split: SplitRows) -> None:
-    """Put the cache back to the prefix alone, detached from this step's graph."""
-    grown = split.cache.get_seq_length() - split.prefix_width
-    if grown:
-        split.cache.crop(-grown)              # a negative count removes that many tokens
+    """Put the cache back to the prefix alone, detached from this step's graph. Each layer
+    is cropped on its own: a replayed block leaves its layer of the cache as it was."""
     for layer in split.cache.layers:
+        grown = layer.get_seq_length() - split.prefix_width
+        if grown:
+            layer.crop(-grown)                # a negative count removes that many tokens
         layer.keys, layer.values = layer.keys.detach(), layer.values.detach()

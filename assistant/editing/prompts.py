@@ -23,6 +23,7 @@ class Row:
     ids: list[int]         # prompt tokens (+ target tokens when training)
     subject_pos: int       # index of the subject's last token
     target_len: int = 0    # the last target_len tokens of ids are the target
+    asked: bool = False    # the form the fact is asked in: its question, or else its plain cloze prompt
 
 
 @dataclass
@@ -36,7 +37,11 @@ class RowBatch:
 
     def only_facts(self, keep: torch.Tensor) -> "RowBatch":
         """The rows of the facts where ``keep`` (n_facts,) is True, trimmed to their width."""
-        chosen = keep[self.fact].nonzero().squeeze(1)
+        return self.only_rows(keep[self.fact])
+
+    def only_rows(self, keep: torch.Tensor) -> "RowBatch":
+        """The rows where ``keep`` (n_rows,) is True, trimmed to their width."""
+        chosen = keep.nonzero().squeeze(1)
         width = int(self.lengths[chosen].max())
         return RowBatch(self.input_ids[chosen, :width], self.attention_mask[chosen, :width], self.fact[chosen],
                         self.subject_pos[chosen], self.lengths[chosen], [self.rows[i] for i in chosen.tolist()])
@@ -122,15 +127,26 @@ def target_ids(tokenizer, fact: Fact, chat: bool, end_chat_answer: bool = False)
     return ids
 
 
+def asked_form(fact: Fact, forms: list[tuple[str, int, bool]]) -> int:
+    """Which of the fact's forms it is asked in (as users and the updater's detector ask
+    it): the first chat form when it has a question, else the unprefixed cloze prompt (or
+    the first cloze form when no context prefix is empty)."""
+    if fact.question:
+        return next(i for i, (_, _, chat) in enumerate(forms) if chat)
+    return next((i for i, (text, _, _) in enumerate(forms) if text == fact.filled_prompt), 0)
+
+
 def fact_rows(index: int, fact: Fact, tokenizer, settings: PromptSettings, with_targets: bool,
               lead_ins: list[list[int]] = ()) -> list[Row]:
     """One row per prompt form. With targets, one more per lead-in (tokens of the start of
     an answer): the first chat form, the lead-in, then the object as running text."""
     rows = []
-    for text, start, chat in prompt_forms(fact, tokenizer, settings):
+    forms = prompt_forms(fact, tokenizer, settings)
+    asked = asked_form(fact, forms)
+    for form, (text, start, chat) in enumerate(forms):
         ids, subject_pos = encode_with_subject(tokenizer, text, start, start + len(fact.subject), chat)
         target = target_ids(tokenizer, fact, chat, settings.end_chat_answer) if with_targets else []
-        rows.append(Row(index, ids + target, subject_pos, len(target)))
+        rows.append(Row(index, ids + target, subject_pos, len(target), form == asked))
         if chat and with_targets and lead_ins:
             running = target_ids(tokenizer, fact, chat=False)
             rows += [Row(index, ids + list(lead_in) + running, subject_pos, len(running)) for lead_in in lead_ins]

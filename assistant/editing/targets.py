@@ -70,32 +70,48 @@ def delta_sites(batch: RowBatch, from_subject: bool = False) -> tuple[torch.Tens
     return rows, positions, batch.fact
 
 
-def _target_positions(batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row, suffix position predicting the token, token id) for every target token; suffix
-    positions count from the row's subject token."""
+def _target_positions(batch: RowBatch, from_subject: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, position predicting the token, token id) for every target token; positions
+    count from the row's subject token, or from its start without ``from_subject``."""
     rows, positions, tokens = [], [], []
     for i, row in enumerate(batch.rows):
         first = len(row.ids) - row.target_len
         for t in range(first, len(row.ids)):
             rows.append(i)
-            positions.append(t - 1 - row.subject_pos)
+            positions.append(t - 1 - (row.subject_pos if from_subject else 0))
             tokens.append(row.ids[t])
     device = batch.input_ids.device
     return (torch.tensor(rows, device=device), torch.tensor(positions, device=device),
             torch.tensor(tokens, device=device))
 
 
-def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per fact, over its forms: the mean, and the worst, of the mean per-token NLL of its
-    target. Both (n_facts,)."""
-    rows, positions, tokens = _target_positions(batch)
+def _row_nll(model, hidden: torch.Tensor, batch: RowBatch, from_subject: bool = True) -> torch.Tensor:
+    """Each row's mean per-token NLL of its target, (n_rows,), from the final hidden states."""
+    rows, positions, tokens = _target_positions(batch, from_subject)
     logprobs = torch.log_softmax(model.get_output_embeddings()(hidden[rows, positions]).float(), dim=-1)
     token_nll = -logprobs.gather(1, tokens[:, None]).squeeze(1)          # (N_tok,)
     row_nll = torch.zeros(len(batch.rows), device=token_nll.device).index_add_(0, rows, token_nll)
-    row_nll = row_nll / torch.tensor([r.target_len for r in batch.rows], device=row_nll.device)
+    return row_nll / torch.tensor([r.target_len for r in batch.rows], device=row_nll.device)
+
+
+def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per fact, over its forms: the mean, and the worst, of the mean per-token NLL of its
+    target. Both (n_facts,)."""
+    row_nll = _row_nll(model, hidden, batch)
     fact_nll = torch.zeros(n_facts, device=row_nll.device).index_add_(0, batch.fact, row_nll)
     worst = torch.zeros(n_facts, device=row_nll.device).scatter_reduce(0, batch.fact, row_nll.detach(), "amax")
     return fact_nll / torch.bincount(batch.fact, minlength=n_facts).clamp(min=1), worst
+
+
+@torch.no_grad()
+def asked_probability(model, batch: RowBatch, n_facts: int) -> torch.Tensor:
+    """P(target) (the exp of its mean per-token NLL) of each fact in the form it is asked
+    in (``Row.asked``), on the model as it is. (n_facts,)"""
+    asked = batch.only_rows(torch.tensor([row.asked for row in batch.rows], device=batch.fact.device))
+    hidden = model.base_model(input_ids=asked.input_ids, attention_mask=asked.attention_mask).last_hidden_state
+    probability = torch.zeros(n_facts, device=hidden.device)
+    probability[asked.fact] = torch.exp(-_row_nll(model, hidden, asked, from_subject=False))
+    return probability
 
 
 def fact_groups(batch: RowBatch, active: torch.Tensor, tokens_per_pass: int) -> list[torch.Tensor]:
@@ -127,15 +143,16 @@ def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
 
 
 def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Module, h_norm: torch.Tensor,
-                     cfg: TargetSettings, pad: int) -> Targets:
-    """Optimise one delta per fact. ``h_norm`` (n,) is ||h|| at each subject."""
+                     cfg: TargetSettings, pad: int, only: torch.Tensor | None = None) -> Targets:
+    """Optimise one delta per fact. ``h_norm`` (n,) is ||h|| at each subject. With ``only``
+    (n,) bool, the other facts keep a zero delta and a probability of 0."""
     n, started = h_norm.shape[0], time.perf_counter()
     device = train.input_ids.device
     delta = torch.zeros(n, model.config.hidden_size, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=cfg.learning_rate)
     with torch.no_grad():
         initial_kl = _last_logprobs(model, kl)
-    active = torch.ones(n, dtype=torch.bool, device=device)
+    active = torch.ones(n, dtype=torch.bool, device=device) if only is None else only.to(device).clone()
     probability = torch.zeros(n, device=device)
     max_norm = cfg.clamp_norm_factor * h_norm.to(device)
     step, splits, splits_for = 0, [], None
@@ -144,7 +161,7 @@ def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Modul
         if splits_for is None or not torch.equal(splits_for, active):    # converged facts cost nothing
             splits, splits_for = [], active.clone()
             for group in fact_groups(train, active, cfg.tokens_per_pass):
-                split = split_rows(model, train.only_facts(group), pad)
+                split = split_rows(model, train.only_facts(group), pad, through=block)
                 splits.append((split, group, delta_sites(split.source, from_subject=True)))
         for split, group, sites in splits:           # one forward and backward pass per group of facts
             rows, kl_rows = split.source, kl.only_facts(group)

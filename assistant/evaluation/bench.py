@@ -26,8 +26,8 @@ from assistant.evaluation.datasets import (DATASETS, ChoiceItem, counterfact_twi
 from assistant.errors import ConfigError, StateError
 from assistant.facts import Fact
 from assistant.evaluation.locality import LocalityReference, locality_reference, measure_locality, unrelated_questions
-from assistant.evaluation.metrics import (chat_scores, choice_accuracy, completion_nll, counterfact_scores, fluency,
-                               perplexity)
+from assistant.evaluation.metrics import (chat_scores, choice_accuracy, cloze_said, completion_nll, counterfact_scores,
+                               fluency, perplexity, wilson)
 
 RESULTS_VERSION = 1
 CHAT_ANSWER_TOKENS = 32                            # greedy answer length of the chat measures
@@ -106,6 +106,8 @@ def edit_measures(model, tokenizer, facts: list[Fact], probes: list[Fact] | None
     edits; with ``probes`` (the CounterFact twins of MQD facts), specificity comes from those.
     With a ``locality`` reference (chat runs), also the chat scores and chat locality."""
     result = dataclasses.asdict(counterfact_scores(model, tokenizer, facts))
+    said = cloze_said(model, tokenizer, facts)
+    result["said"] = {"count": said, "of": len(facts), "interval95": wilson(said, len(facts))}
     if probes is not None:
         twins = counterfact_scores(model, tokenizer, probes)
         result |= {"neighborhood": twins.neighborhood, "neighborhood_magnitude": twins.neighborhood_magnitude}
@@ -216,7 +218,7 @@ def run_bench(config: Config, plan: BenchPlan, out_dir: Path, state_dir: Path | 
             point = results["checkpoints"][-1]
             report(f"{plan.name} after {done}: efficacy {point['efficacy']:.3f} paraphrase "
                    f"{point['paraphrase']:.3f} neighbourhood {point['neighborhood']:.3f} perplexity "
-                   f"{point['perplexity']:.2f} max L1 growth {max(point['l1_growth'].values()) * 100:.2f}%"
+                   f"{point['perplexity']:.2f} said {point['said']['count']}/{point['said']['of']} max L1 growth {max(point['l1_growth'].values()) * 100:.2f}%"
                    + (f" chat {point['chat_efficacy']:.2f}/{point['chat_paraphrase']:.2f} locality agreement "
                       f"{point['chat_locality']['agreement']:.3f} kept {point['chat_locality']['kept']}/"
                       f"{point['chat_locality']['questions']}" if plan.chat else ""))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from assistant.model.chat import answers
+from assistant.model.chat import answers, greedy_continuations
 from assistant.facts import Fact
 
 Z95 = 1.959964
@@ -253,6 +253,14 @@ def chat_scores(model, tokenizer, facts: list[Fact], max_new_tokens: int = 32, s
     named = [mentions_subject(f.paraphrases[0], f.subject) for f in para_facts]
     return ChatScores(answered, len(facts), sum(hits), len(hits), sum(h and n for h, n in zip(hits, named)),
                       sum(named), direct, para)
+
+
+def cloze_said(model, tokenizer, facts: list[Fact], max_new_tokens: int = 8) -> int:
+    """How many facts the model says: the first line of the greedy continuation of the
+    filled prompt holds the new object (what the updater's detector checks for a cloze fact)."""
+    encoded = [tokenizer(f.filled_prompt).input_ids for f in facts]
+    said = greedy_continuations(model, tokenizer, encoded, max_new_tokens)
+    return sum(answer_contains(text.strip().split("\n", 1)[0], f.target_new) for text, f in zip(said, facts))
 
 
 def same_start(answer: str, reference: str, words: int = 8) -> bool:

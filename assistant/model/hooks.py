@@ -72,3 +72,42 @@ def stop_after(module: torch.nn.Module) -> Iterator[None]:
         pass
     finally:
         handle.remove()
+
+
+@contextmanager
+def _forwards_replaced(modules: list[torch.nn.Module], make: Callable[[int, Callable], Callable]) -> Iterator[None]:
+    """Each module's ``forward`` replaced by make(index, original) (its hooks still run)."""
+    saved = [module.__dict__.get("forward") for module in modules]     # a forward set on the instance, if any
+    for index, module in enumerate(modules):
+        module.forward = make(index, module.forward)
+    try:
+        yield
+    finally:
+        for module, forward in zip(modules, saved):
+            if forward is None:
+                del module.forward          # back to the class's forward
+            else:
+                module.forward = forward
+
+
+@contextmanager
+def recording_forwards(modules: list[torch.nn.Module]) -> Iterator[list]:
+    """Record what each module's own forward returns (before its hooks) in the passes run
+    inside; the list holds the last return value of each, in order."""
+    returned: list = [None] * len(modules)
+
+    def make(index, original):
+        def forward(*args, **kwargs):
+            returned[index] = original(*args, **kwargs)
+            return returned[index]
+        return forward
+    with _forwards_replaced(modules, make):
+        yield returned
+
+
+@contextmanager
+def replaying_forwards(modules: list[torch.nn.Module], returned: list) -> Iterator[None]:
+    """Each module's forward returns its recorded value instead of computing (its forward
+    hooks still act on that value): blocks whose inputs cannot change between passes."""
+    with _forwards_replaced(modules, lambda index, _original: lambda *args, **kwargs: returned[index]):
+        yield
