@@ -21,6 +21,7 @@ from assistant.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.toml"
 METHODS = ("d4s", "d4s-null", "memit-seq", "alphaedit", "memit")
+REFINE_CHECKS = ("said", "probability")   # what a refinement round re-checks a fact by
 # An operations-console user: "name:pbkdf2_sha256$ITERATIONS$SALT$HASH" (ui.auth makes and checks them).
 ADMIN_ENTRY = re.compile(r"[^:\s]{1,64}:pbkdf2_sha256\$\d+\$[0-9a-f]{16,}\$[0-9a-f]{64}")
 
@@ -119,9 +120,13 @@ class EditingConfig:
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
     refine_rounds: int = _help("rounds that re-check each cloze fact on the edited model in the form it is "
-                               "asked in (its plain prompt) and raise the residuals of those still below "
-                               "stop_probability there", 1)
-    chat_refine_rounds: int = _help("the same for chat facts (their question, below chat_stop_probability)", 2)
+                               "asked in (its plain prompt) and raise the residuals of those behind", 1)
+    chat_refine_rounds: int = _help("the same for chat facts (asked by their question)", 2)
+    refine_check: str = _help("which cloze facts a refinement round raises: said = those whose greedy "
+                              "completion does not hold the object yet (what users and the detector see); "
+                              "probability = those below stop_probability", "said")
+    chat_refine_check: str = _help("the same for chat facts (their greedy answer; chat_stop_probability)",
+                                   "probability")
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 24)
     tokens_per_pass: int = _help("most prompt tokens in one forward and backward pass of the target "
@@ -145,6 +150,9 @@ class EditingConfig:
         if min(self.refine_rounds, self.chat_refine_rounds, self.lead_in_tokens, self.tokens_per_pass) < 0:
             raise ConfigError("[editing] refine_rounds, chat_refine_rounds, lead_in_tokens and tokens_per_pass "
                               "must be 0 or more")
+        for key in ("refine_check", "chat_refine_check"):
+            if getattr(self, key) not in REFINE_CHECKS:
+                raise ConfigError(f"[editing] {key} = {getattr(self, key)!r}: use one of {', '.join(REFINE_CHECKS)}")
         if not (0 < self.stop_probability <= 1 and 0 < self.chat_stop_probability <= 1):
             raise ConfigError("[editing] stop_probability and chat_stop_probability must be in (0, 1]")
         if "{}" not in self.kl_prompt:
@@ -165,13 +173,13 @@ class EditingConfig:
 
     def for_kind(self, has_question: bool) -> "EditingConfig":
         """The settings a batch of one kind of fact is solved with: for facts with a question
-        (chat edits), layers, mom2_weight, steps, stop_probability and refine_rounds take the
+        (chat edits), layers, mom2_weight, steps, stop_probability, refine_rounds and refine_check take the
         chat_ values; cloze facts keep the section as it is."""
         if not has_question:
             return self
         return dataclasses.replace(self, layers=self.window(True), mom2_weight=self.chat_mom2_weight,
                                    steps=self.chat_steps, stop_probability=self.chat_stop_probability,
-                                   refine_rounds=self.chat_refine_rounds)
+                                   refine_rounds=self.chat_refine_rounds, refine_check=self.chat_refine_check)
 
 
 def _check_layer_list(key: str, layers: list, may_be_empty: bool) -> None:

@@ -200,9 +200,10 @@ def livedit_dirs(request, tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-PER_KIND = ("mom2_weight", "steps", "stop_probability", "refine_rounds")     # [editing] keys with a chat_ twin
+PER_KIND = ("mom2_weight", "steps", "stop_probability", "refine_rounds", "refine_check")  # keys with a chat_ twin
 EDITING = dict(layers=[1, 2], chat_layers=[], mom2_weight=10.0, steps=6, stop_probability=0.97, batch_size=4,
-               context_prefixes=["", "Note: "], refine_rounds=0, lead_in_tokens=0, case_variants=False)
+               context_prefixes=["", "Note: "], refine_rounds=0, refine_check="probability", lead_in_tokens=0,
+               case_variants=False)
 
 
 @pytest.fixture

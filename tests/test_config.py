@@ -70,6 +70,8 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"chat_refine_rounds": -1}}, "chat_refine_rounds"),
     ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
     ({"editing": {"refine_rounds": -1}}, "refine_rounds"),
+    ({"editing": {"refine_check": "maybe"}}, "refine_check"),
+    ({"editing": {"chat_refine_check": "said it"}}, "chat_refine_check"),
     ({"editing": {"gate": -0.1}}, "gate"),
     ({"editing": {"gate": 0.4}, "scheduler": {"snapshot_minutes": 10.0}}, "snapshot_minutes"),
     ({"model": {"dtype": "float8"}}, "dtype"),
@@ -205,17 +207,18 @@ def test_each_kind_of_fact_is_solved_with_its_own_settings():
     editing = config_from_dict({"editing": {"layers": [3, 4], "chat_layers": [6, 7], "mom2_weight": 2000.0,
                                             "chat_mom2_weight": 400.0, "steps": 30, "chat_steps": 90,
                                             "stop_probability": 0.6, "chat_stop_probability": 0.95,
-                                            "refine_rounds": 0, "chat_refine_rounds": 3}}).editing
+                                            "refine_rounds": 0, "chat_refine_rounds": 3,
+                                            "refine_check": "probability", "chat_refine_check": "said"}}).editing
     assert editing.for_kind(has_question=False) is editing
     chat = editing.for_kind(has_question=True)
-    assert (chat.layers, chat.mom2_weight, chat.steps, chat.stop_probability, chat.refine_rounds) == \
-        ([6, 7], 400.0, 90, 0.95, 3)
+    assert (chat.layers, chat.mom2_weight, chat.steps, chat.stop_probability, chat.refine_rounds,
+            chat.refine_check) == ([6, 7], 400.0, 90, 0.95, 3, "said")
     assert (chat.batch_size, chat.kl_prompt, chat.gate) == (editing.batch_size, editing.kl_prompt, editing.gate)
     defaults = config_from_dict({}).editing          # the measured settings of each kind (README)
-    assert (defaults.mom2_weight, defaults.stop_probability, defaults.steps, defaults.refine_rounds) == \
-        (2250.0, 0.5, 60, 1)
+    assert (defaults.mom2_weight, defaults.stop_probability, defaults.steps, defaults.refine_rounds,
+            defaults.refine_check) == (2250.0, 0.5, 60, 1, "said")
     assert (defaults.chat_mom2_weight, defaults.chat_stop_probability, defaults.chat_steps,
-            defaults.chat_refine_rounds) == (500.0, 0.97, 100, 2)
+            defaults.chat_refine_rounds, defaults.chat_refine_check) == (500.0, 0.97, 100, 2, "probability")
 
 
 def test_covariance_corpora_take_the_chat_turns_and_name_the_choices():

@@ -8,7 +8,8 @@ from assistant.editing import batch_solve
 from assistant.editing.closed_form import d4s_delta
 from assistant.errors import StateError
 from assistant.facts import make_fact
-from assistant.evaluation.metrics import completion_nll
+from assistant.evaluation.metrics import answer_contains, completion_nll
+from assistant.model.chat import greedy_continuations
 from assistant.model.loading import load_model
 from assistant.state.sums import edited_weight
 from tests.conftest import OBJECTS, SUBJECTS
@@ -446,3 +447,29 @@ def test_refinement_rechecks_each_fact_in_the_form_it_is_asked_in(open_engine, m
     assert rounds and rounds[0][0].any()
     for only, behind in rounds:
         assert torch.equal(only, behind)
+
+
+def test_refinement_by_what_is_said_raises_only_the_facts_not_said_yet(open_engine, monkeypatch):
+    """With refine_check = "said", a round optimises new targets for exactly the facts whose
+    greedy completion of their plain prompt does not hold the new object yet."""
+    facts = subject_last_facts()
+    rounds, real = [], batch_solve.optimise_targets
+
+    def recording(model, train, kl, block, h_norm, cfg, pad, only=None):
+        if only is not None:
+            encoded = [editor.tokenizer(f.filled_prompt).input_ids for f in facts]
+            said = [answer_contains(text.split("\n")[0], f.target_new)
+                    for text, f in zip(greedy_continuations(model, editor.tokenizer, encoded, 8), facts)]
+            below = torch.exp(-completion_nll(model, editor.tokenizer, [f.filled_prompt for f in facts],
+                                              [f.target_new for f in facts])) < cfg.stop_probability
+            rounds.append((only.clone(), ~torch.tensor(said), below))
+        return real(model, train, kl, block, h_norm, cfg, pad, only)
+
+    monkeypatch.setattr(batch_solve, "optimise_targets", recording)
+    editor = open_engine("sharp-llama", mom2_weight=3000.0, stop_probability=0.95, steps=12, refine_rounds=2,
+                         refine_check="said")
+    editor.apply(facts)
+    assert rounds and rounds[0][0].any()
+    for only, unsaid, below in rounds:
+        assert torch.equal(only, unsaid)
+    assert any(not torch.equal(unsaid, below) for _, unsaid, below in rounds)   # said, yet below P 0.95

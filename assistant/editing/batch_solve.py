@@ -24,6 +24,7 @@ from assistant.editing.prompts import RowBatch, collate, fact_rows, kl_row
 from assistant.config import EditingConfig
 from assistant.editing.targets import TargetSettings, asked_probability, optimise_targets
 from assistant.errors import InvalidFact
+from assistant.evaluation.metrics import said_as_asked
 from assistant.facts import Fact
 from assistant.model.architectures import get_module
 from assistant.state.ledger import NewEdit
@@ -44,8 +45,8 @@ class BatchSolver:
         """Measure keys and targets on the shadow, solve the kind's layers (``cfg``, from
         ``EditingConfig.for_kind``) one by one (MEMIT's spread), then, for its
         ``refine_rounds``, re-check every fact on the edited shadow in the form it is asked in
-        and raise the residuals of those still below its stop probability there (their new
-        targets are trained in every form, as the first ones). ``sums`` and ``weights`` (each solved layer's
+        (``refine_check``: said, or up to the stop probability) and raise the residuals of
+        those behind (their new targets are trained in every form, as the first ones). ``sums`` and ``weights`` (each solved layer's
         W, also set on the shadow) are updated in place."""
         ed = self.editor
         tok, shadow, layers = ed.tokenizer, ed.shadow, list(cfg.layers)
@@ -81,16 +82,16 @@ class BatchSolver:
         keys, residuals = self._solve_layers(layers, found.delta, first, sums, weights, measure, scale, gated)
         probability = found.probability
         for _ in range(cfg.refine_rounds):
-            unsaid = asked_probability(shadow, train_batch, n) < cfg.stop_probability
-            if not unsaid.any():
+            lagging = self._behind(facts, train_batch, cfg)
+            if not lagging.any():
                 break
-            more = optimise(unsaid)
-            probability = torch.where(unsaid.to(probability.device), more.probability, probability)
+            more = optimise(lagging)
+            probability = torch.where(lagging.to(probability.device), more.probability, probability)
             behind = more.delta.norm(dim=1).cpu() > 0      # facts that passed at once keep a zero delta
             if not behind.any():
                 break
-            log.info("refining %d of %d fact(s) below P = %.2f in the form they are asked in", int(behind.sum()), n,
-                     cfg.stop_probability)
+            log.info("refining %d of %d fact(s) (%s)", int(behind.sum()), n,
+                     "not said yet" if cfg.refine_check == "said" else f"below P = {cfg.stop_probability:.2f}")
             _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, weights, measure, scale,
                                           gated, keys, behind)
             for layer in layers:
@@ -98,6 +99,15 @@ class BatchSolver:
         vectors = [{layer: (keys[layer][:, owner == i].clone(), residuals[layer][:, owner == i].clone())
                     for layer in layers} for i in range(n)]
         return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
+
+    def _behind(self, facts: list[Fact], train: RowBatch, cfg: EditingConfig) -> torch.Tensor:
+        """(n,) bool: the facts a refinement round raises, checked on the edited shadow in the
+        form each is asked in: not said yet (greedy), or below the stop probability."""
+        ed = self.editor
+        if cfg.refine_check == "said":
+            said = said_as_asked(ed.shadow, ed.tokenizer, facts, ed.system_prompt)
+            return ~torch.tensor(said, dtype=torch.bool)
+        return asked_probability(ed.shadow, train, len(facts)).cpu() < cfg.stop_probability
 
     def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor,
                  settings: TargetSettings, only: torch.Tensor | None = None):

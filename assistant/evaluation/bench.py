@@ -26,8 +26,8 @@ from assistant.evaluation.datasets import (DATASETS, ChoiceItem, counterfact_twi
 from assistant.errors import ConfigError, StateError
 from assistant.facts import Fact
 from assistant.evaluation.locality import LocalityReference, locality_reference, measure_locality, unrelated_questions
-from assistant.evaluation.metrics import (chat_scores, choice_accuracy, cloze_said, completion_nll, counterfact_scores,
-                               fluency, perplexity, wilson)
+from assistant.evaluation.metrics import (chat_scores, choice_accuracy, cloze_completions_hold, completion_nll,
+                                           counterfact_scores, fluency, perplexity, wilson)
 
 RESULTS_VERSION = 1
 CHAT_ANSWER_TOKENS = 32                            # greedy answer length of the chat measures
@@ -106,7 +106,7 @@ def edit_measures(model, tokenizer, facts: list[Fact], probes: list[Fact] | None
     edits; with ``probes`` (the CounterFact twins of MQD facts), specificity comes from those.
     With a ``locality`` reference (chat runs), also the chat scores and chat locality."""
     result = dataclasses.asdict(counterfact_scores(model, tokenizer, facts))
-    said = cloze_said(model, tokenizer, facts)
+    said = sum(cloze_completions_hold(model, tokenizer, facts))
     result["said"] = {"count": said, "of": len(facts), "interval95": wilson(said, len(facts))}
     if probes is not None:
         twins = counterfact_scores(model, tokenizer, probes)

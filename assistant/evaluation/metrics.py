@@ -255,12 +255,29 @@ def chat_scores(model, tokenizer, facts: list[Fact], max_new_tokens: int = 32, s
                       sum(named), direct, para)
 
 
-def cloze_said(model, tokenizer, facts: list[Fact], max_new_tokens: int = 8) -> int:
-    """How many facts the model says: the first line of the greedy continuation of the
-    filled prompt holds the new object (what the updater's detector checks for a cloze fact)."""
+def cloze_completions_hold(model, tokenizer, facts: list[Fact], max_new_tokens: int = 8) -> list[bool]:
+    """Whether the first line of each fact's greedy continuation of its filled prompt holds
+    the new object (what the updater's detector checks for a fact without a question)."""
     encoded = [tokenizer(f.filled_prompt).input_ids for f in facts]
     said = greedy_continuations(model, tokenizer, encoded, max_new_tokens)
-    return sum(answer_contains(text.strip().split("\n", 1)[0], f.target_new) for text, f in zip(said, facts))
+    return [answer_contains(text.strip().split("\n", 1)[0], f.target_new) for text, f in zip(said, facts)]
+
+
+def said_as_asked(model, tokenizer, facts: list[Fact], system_prompt: str = "", answer_tokens: int = 32,
+                  cloze_tokens: int = 8) -> list[bool]:
+    """Whether the model says each fact's new object where the fact is asked: its greedy chat
+    answer to the fact's question, or, without one, its completion of the filled prompt."""
+    said = [False] * len(facts)
+    questions = [i for i, f in enumerate(facts) if f.question]
+    clozes = [i for i, f in enumerate(facts) if not f.question]
+    if questions:
+        replies = answers(model, tokenizer, [facts[i].question for i in questions], answer_tokens, system_prompt)
+        for i, reply in zip(questions, replies):
+            said[i] = answer_contains(reply, facts[i].target_new)
+    if clozes:
+        for i, hold in zip(clozes, cloze_completions_hold(model, tokenizer, [facts[i] for i in clozes], cloze_tokens)):
+            said[i] = hold
+    return said
 
 
 def same_start(answer: str, reference: str, words: int = 8) -> bool:
