@@ -114,7 +114,7 @@ class EditingConfig:
     kl_weight: float = _help("weight of the KL term", 0.0625)
     weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
     stop_probability: float = _help("stop optimising a cloze fact once P(target) exceeds this in every form",
-                                    0.5)
+                                    0.3)
     chat_stop_probability: float = _help("the same for chat facts; the margin carries edits into rephrasings",
                                          0.97)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
