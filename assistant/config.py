@@ -114,13 +114,13 @@ class EditingConfig:
     kl_weight: float = _help("weight of the KL term", 0.0625)
     weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
     stop_probability: float = _help("stop optimising a cloze fact once P(target) exceeds this in every form",
-                                    0.3)
+                                    0.4)
     chat_stop_probability: float = _help("the same for chat facts; the margin carries edits into rephrasings",
                                          0.97)
     end_chat_answer: bool = _help("train the chat form's answer to end after the object", True)
     key_mode: str = _help("mean: one key averaged over prompt forms; per_form: each form is its own key", "mean")
     refine_rounds: int = _help("rounds that re-check each cloze fact on the edited model in the form it is "
-                               "asked in (its plain prompt) and raise the residuals of those behind", 1)
+                               "asked in (its plain prompt) and raise the residuals of those behind", 2)
     chat_refine_rounds: int = _help("the same for chat facts (asked by their question)", 2)
     refine_check: str = _help("which cloze facts a refinement round raises: said = those whose greedy "
                               "completion does not hold the object yet (what users and the detector see); "

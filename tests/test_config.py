@@ -216,7 +216,7 @@ def test_each_kind_of_fact_is_solved_with_its_own_settings():
     assert (chat.batch_size, chat.kl_prompt, chat.gate) == (editing.batch_size, editing.kl_prompt, editing.gate)
     defaults = config_from_dict({}).editing          # the measured settings of each kind (README)
     assert (defaults.mom2_weight, defaults.stop_probability, defaults.steps, defaults.refine_rounds,
-            defaults.refine_check) == (2250.0, 0.3, 60, 1, "said")
+            defaults.refine_check) == (2250.0, 0.4, 60, 2, "said")
     assert (defaults.chat_mom2_weight, defaults.chat_stop_probability, defaults.chat_steps,
             defaults.chat_refine_rounds, defaults.chat_refine_check) == (500.0, 0.97, 100, 2, "probability")
 

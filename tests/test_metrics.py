@@ -9,10 +9,10 @@ import torch
 from assistant.evaluation import metrics
 from assistant.evaluation.bench import target_perplexity
 from assistant.facts import make_fact
-from assistant.evaluation.metrics import (answer_contains, chat_scores, choice_accuracy, completion_logprobs,
-                                          completion_nll, counterfact_scores, fluency,
-                                          ngram_entropy, option_logprobs, perplexity, same_start)
-from assistant.model.chat import answers
+from assistant.evaluation.metrics import (answer_contains, chat_scores, choice_accuracy, cloze_completions_hold,
+                                          completion_logprobs, completion_nll, counterfact_scores, fluency,
+                                          ngram_entropy, option_logprobs, perplexity, said_as_asked, same_start)
+from assistant.model.chat import answers, greedy_continuations
 
 
 class BigramModel(torch.nn.Module):
@@ -260,3 +260,23 @@ def test_chat_scores_agree_with_greedy_answers_of_a_tiny_llama(llama_dir, chat_t
     assert scores.answers == direct and scores.paraphrase_answers == para
     assert scores.efficacy == sum(answer_contains(a, f.target_new) for a, f in zip(direct, facts)) / 2
     assert scores.paraphrase == sum(answer_contains(a, f.target_new) for a, f in zip(para, facts)) / 2
+
+
+def test_said_as_asked_reads_the_greedy_answer_where_each_fact_is_asked(llama_dir, chat_tokenizer):
+    """A fact is said when the model's greedy answer holds its new object: the chat answer to
+    its question, or else the first line of its plain prompt's completion."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    prompt, question = "Paris is located in", "Where is Paris located?"
+    completion = greedy_continuations(model, chat_tokenizer, [chat_tokenizer(prompt).input_ids], 8)[0]
+    reply = answers(model, chat_tokenizer, [question], 32)[0]
+    said_word, replied_word = completion.strip().split("\n")[0].split()[0], reply.split()[0]
+    fact = lambda i, target, asked=None: make_fact(id=f"f{i}", subject="Paris", prompt=prompt,  # noqa: E731
+                                                   target_new=target, question=asked)
+    facts = [fact(0, said_word), fact(1, "zzyzx"), fact(2, replied_word, question), fact(3, "zzyzx", question),
+             fact(4, replied_word)]
+    got = said_as_asked(model, chat_tokenizer, facts)
+    assert got[:4] == [True, False, True, False]
+    assert got[4] == answer_contains(completion.strip().split("\n")[0], replied_word)   # the cloze form, not the chat one
+    assert cloze_completions_hold(model, chat_tokenizer, facts[:2]) == [True, False]
