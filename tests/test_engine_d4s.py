@@ -8,7 +8,8 @@ from assistant.editing import batch_solve
 from assistant.editing.closed_form import d4s_delta
 from assistant.errors import StateError
 from assistant.facts import make_fact
-from assistant.evaluation.metrics import answer_contains, completion_nll
+from assistant.evaluation.metrics import completion_nll
+from assistant.model.answers import answer_contains
 from assistant.model.chat import greedy_continuations
 from assistant.model.loading import load_model
 from assistant.state.sums import edited_weight

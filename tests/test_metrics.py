@@ -9,9 +9,10 @@ import torch
 from assistant.evaluation import metrics
 from assistant.evaluation.bench import target_perplexity
 from assistant.facts import make_fact
-from assistant.evaluation.metrics import (answer_contains, chat_scores, choice_accuracy, cloze_completions_hold,
-                                          completion_logprobs, completion_nll, counterfact_scores, fluency,
-                                          ngram_entropy, option_logprobs, perplexity, said_as_asked, same_start)
+from assistant.evaluation.metrics import (chat_scores, choice_accuracy, completion_logprobs, completion_nll,
+                                          counterfact_scores, fluency, ngram_entropy, option_logprobs, perplexity,
+                                          same_start)
+from assistant.model.answers import answer_contains, cloze_completions_hold, said_as_asked
 from assistant.model.chat import answers, greedy_continuations
 
 

@@ -22,7 +22,7 @@ from assistant.config import Config, GuardConfig
 from assistant.evaluation.datasets import edit_records, heldout_text, load_edit_facts
 from assistant.evaluation.drift import DriftReference, measure_drift, question_probes, reference, text_probes
 from assistant.evaluation.locality import locality_questions
-from assistant.evaluation.metrics import answer_contains
+from assistant.model.answers import answer_contains
 from assistant.facts import Fact
 from updater.detect.probing import ProbeSettings, ask_forms
 

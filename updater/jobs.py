@@ -21,7 +21,7 @@ from typing import Callable
 from assistant.config import Config
 from assistant.errors import ConfigError, LiveditError
 from assistant.evaluation.drift import measure_drift
-from assistant.evaluation.metrics import answer_contains
+from assistant.model.answers import answer_contains
 from assistant.state.l1 import edits_left
 from assistant.state.migrations import Migration, now
 from updater.apply import apply_approved

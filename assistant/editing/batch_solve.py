@@ -24,7 +24,7 @@ from assistant.editing.prompts import RowBatch, collate, fact_rows, kl_row
 from assistant.config import EditingConfig
 from assistant.editing.targets import TargetSettings, asked_probability, optimise_targets
 from assistant.errors import InvalidFact
-from assistant.evaluation.metrics import said_as_asked
+from assistant.model.answers import said_as_asked
 from assistant.facts import Fact
 from assistant.model.architectures import get_module
 from assistant.state.ledger import NewEdit

@@ -26,8 +26,9 @@ from assistant.evaluation.datasets import (DATASETS, ChoiceItem, counterfact_twi
 from assistant.errors import ConfigError, StateError
 from assistant.facts import Fact
 from assistant.evaluation.locality import LocalityReference, locality_reference, measure_locality, unrelated_questions
-from assistant.evaluation.metrics import (chat_scores, choice_accuracy, cloze_completions_hold, completion_nll,
-                                           counterfact_scores, fluency, perplexity, wilson)
+from assistant.evaluation.metrics import (chat_scores, choice_accuracy, completion_nll, counterfact_scores, fluency,
+                                           perplexity, wilson)
+from assistant.model.answers import cloze_completions_hold
 
 RESULTS_VERSION = 1
 CHAT_ANSWER_TOKENS = 32                            # greedy answer length of the chat measures

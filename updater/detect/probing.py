@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from assistant.model.chat import answers, chat_prompt, greedy_continuations
-from assistant.evaluation.metrics import answer_contains, completion_nll
+from assistant.evaluation.metrics import completion_nll
+from assistant.model.answers import answer_contains
 from updater.store.records import CuratedFact
 
 

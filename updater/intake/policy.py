@@ -46,7 +46,7 @@ class Verdict:
 
 def normalize(text: str) -> str:
     """Lower case, no accents, punctuation, articles or extra spaces (assistant.evaluation.metrics' rule)."""
-    from assistant.evaluation.metrics import normalize_answer
+    from assistant.model.answers import normalize_answer
     return normalize_answer(text)
 
 
