@@ -45,7 +45,7 @@ from assistant.model.loading import load_model
 from benchmarks.common import configured, environment, write_json
 from updater.detect.checks import CheckLog
 from updater.detect.detector import Detector, DetectorSettings
-from updater.detect.probing import first_line
+from assistant.model.answers import first_line
 from updater.queue import EditQueue
 from updater.store.knowledge import KnowledgeStore
 

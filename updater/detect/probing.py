@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from assistant.model.chat import answers, chat_prompt, greedy_continuations
+from assistant.model.chat import chat_prompt
 from assistant.evaluation.metrics import completion_nll
-from assistant.model.answers import answer_contains
+from assistant.model.answers import answer_contains, asked_answers
 from updater.store.records import CuratedFact
 
 
@@ -42,32 +42,15 @@ def probe_form(fact: CuratedFact) -> tuple[str, str]:
     return ("question", fact.question) if fact.question else ("cloze", fact.filled_prompt)
 
 
-def first_line(text: str) -> str:
-    stripped = text.strip()
-    return stripped.split("\n", 1)[0].strip() if stripped else ""
-
-
 def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """The first line of each prompt's greedy continuation, in left-padded batches."""
-    encoded = [tokenizer(prompt).input_ids for prompt in prompts]
-    return [first_line(text) for text in greedy_continuations(model, tokenizer, encoded, max_new_tokens, batch_size)]
+    return asked_answers(model, tokenizer, [("cloze", p) for p in prompts], cloze_tokens=max_new_tokens,
+                         batch_size=batch_size)
 
 
 def ask_forms(model, tokenizer, forms: list[tuple[str, str]], settings: ProbeSettings) -> list[str]:
-    got = [""] * len(forms)
-    questions = [i for i, (form, _) in enumerate(forms) if form == "question"]
-    clozes = [i for i, (form, _) in enumerate(forms) if form == "cloze"]
-    if questions:
-        said = answers(model, tokenizer, [forms[i][1] for i in questions], settings.question_tokens,
-                       settings.system_prompt, settings.batch_size)
-        for i, text in zip(questions, said):
-            got[i] = text
-    if clozes:
-        said = greedy_completions(model, tokenizer, [forms[i][1] for i in clozes], settings.cloze_tokens,
-                                  settings.batch_size)
-        for i, text in zip(clozes, said):
-            got[i] = text
-    return got
+    return asked_answers(model, tokenizer, forms, settings.system_prompt, settings.question_tokens,
+                         settings.cloze_tokens, settings.batch_size)
 
 
 def teacher_forced(model, tokenizer, contexts: list[str], completions: list[str], batch_size: int = 16) -> list[float]:
