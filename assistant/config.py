@@ -96,6 +96,10 @@ class EditingConfig:
     chat_mom2_weight: float = _help("lambda for facts with a question (chat edits); both kinds share the "
                                     "layers' sums (a chat fact's terms carry the weight "
                                     "mom2_weight / chat_mom2_weight)", 500.0)
+    layer_mom2_factors: dict = _help("a layer's lambda as a factor on each kind's lambda, by layer index "
+                                     "({3 = 0.5}: layer 3 solves with half of it); layers left out keep 1. "
+                                     "A window's first layers with a smaller lambda realise more of their "
+                                     "share of the residual, so its last layer inherits less", {})
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
@@ -141,6 +145,7 @@ class EditingConfig:
         _check_layer_list("chat_layers", list(self.chat_layers), may_be_empty=True)
         if self.mom2_weight <= 0 or self.chat_mom2_weight <= 0:
             raise ConfigError("[editing] mom2_weight and chat_mom2_weight (lambda) must be positive")
+        object.__setattr__(self, "layer_mom2_factors", _layer_factors(self.layer_mom2_factors, self.all_layers))
         if not 0 < self.null_space_keep <= 1 or self.null_space_alpha <= 0:
             raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
         if self.gate < 0:
@@ -167,6 +172,11 @@ class EditingConfig:
         """Every layer some fact may edit: layers and chat_layers together, ascending."""
         return sorted({*self.layers, *self.chat_layers})
 
+    def layer_lambda(self, layer: int) -> float:
+        """The lambda ``layer``'s sums are solved with: mom2_weight times the layer's factor (a
+        chat fact's weighted columns make its own lambda chat_mom2_weight times the same factor)."""
+        return self.mom2_weight * self.layer_mom2_factors.get(layer, 1.0)
+
     def window(self, has_question: bool) -> list[int]:
         """The layers a fact edits: chat_layers when it carries a question (and they are set)."""
         return list(self.chat_layers) if has_question and self.chat_layers else list(self.layers)
@@ -180,6 +190,21 @@ class EditingConfig:
         return dataclasses.replace(self, layers=self.window(True), mom2_weight=self.chat_mom2_weight,
                                    steps=self.chat_steps, stop_probability=self.chat_stop_probability,
                                    refine_rounds=self.chat_refine_rounds, refine_check=self.chat_refine_check)
+
+
+def _layer_factors(factors: dict, edited: list[int]) -> dict[int, float]:
+    """{layer: factor} from TOML's {"3" = 0.5} (or ints), checked against the edited layers."""
+    checked = {}
+    for key, factor in factors.items():
+        layer = int(key) if isinstance(key, int) or str(key).isdigit() else None
+        if layer is None or layer not in edited:
+            raise ConfigError(f"[editing] layer_mom2_factors has layer {key!r}, which no window edits "
+                              f"(layers and chat_layers: {edited}); give factors only for those")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+            raise ConfigError(f"[editing] layer_mom2_factors: layer {layer}'s factor {factor!r} must be a "
+                              "positive number")
+        checked[layer] = float(factor)
+    return dict(sorted(checked.items()))
 
 
 def _check_layer_list(key: str, layers: list, may_be_empty: bool) -> None:
@@ -326,7 +351,8 @@ def _section_from_table(section_type, name: str, table: dict):
                 f"config: unknown key {key!r} in section [{name}]; known keys: {', '.join(known)}"
             )
     for key, value in table.items():
-        expected = type(known[key].default) if known[key].default is not dataclasses.MISSING else list
+        default = known[key].default
+        expected = type(default if default is not dataclasses.MISSING else known[key].default_factory())
         if expected is float and isinstance(value, int):
             table[key] = float(value)
         elif not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):

@@ -73,6 +73,11 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"refine_check": "maybe"}}, "refine_check"),
     ({"editing": {"chat_refine_check": "said it"}}, "chat_refine_check"),
     ({"editing": {"gate": -0.1}}, "gate"),
+    ({"editing": {"layer_mom2_factors": {"2": 0.5}}}, "no window edits"),
+    ({"editing": {"layer_mom2_factors": {"first": 0.5}}}, "layer_mom2_factors"),
+    ({"editing": {"layer_mom2_factors": {"3": 0}}}, "positive"),
+    ({"editing": {"layer_mom2_factors": {"3": "half"}}}, "positive"),
+    ({"editing": {"layer_mom2_factors": [0.5]}}, "layer_mom2_factors"),
     ({"editing": {"gate": 0.4}, "scheduler": {"snapshot_minutes": 10.0}}, "snapshot_minutes"),
     ({"model": {"dtype": "float8"}}, "dtype"),
     ({"model": {"device": "tpu"}}, "device"),
@@ -219,6 +224,16 @@ def test_each_kind_of_fact_is_solved_with_its_own_settings():
             defaults.refine_check) == (2250.0, 0.4, 60, 2, "said")
     assert (defaults.chat_mom2_weight, defaults.chat_stop_probability, defaults.chat_steps,
             defaults.chat_refine_rounds, defaults.chat_refine_check) == (500.0, 0.97, 100, 2, "probability")
+
+
+def test_layer_factors_are_read_from_toml_and_scale_only_their_layer(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[editing]\nmom2_weight = 2000.0\nlayer_mom2_factors = {3 = 0.5, 8 = 2}\n")
+    editing = load_config(path).editing
+    assert editing.layer_mom2_factors == {3: 0.5, 8: 2.0}
+    assert [editing.layer_lambda(layer) for layer in (3, 4, 8)] == [1000.0, 2000.0, 4000.0]
+    overridden = with_overrides(load_config(path), ["editing.layer_mom2_factors={4 = 0.25}"]).editing
+    assert overridden.layer_mom2_factors == {4: 0.25} and overridden.layer_lambda(3) == 2000.0
 
 
 def test_covariance_corpora_take_the_chat_turns_and_name_the_choices():

@@ -305,6 +305,40 @@ def test_a_chat_fact_takes_its_own_lambda_in_the_shared_sums(model, open_engine,
         assert inspect.relative_error(mixed.current_weights()[layer], cloze_alone.current_weights()[layer]) < 1e-6
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_a_layer_factor_scales_that_layers_lambda_only(model, open_engine, make_config, facts, inspect, tmp_path):
+    """layer_mom2_factors {2: 0.25}: layer 2 is solved with lambda / 4 and layer 1 with lambda,
+    against a direct solve of the active edits' sums; a retraction and a restart keep it."""
+    factors = {2: 0.25}
+    editor = open_engine(model, state_dir=tmp_path / "factors", layer_mom2_factors=factors)
+    plain = open_engine(model, state_dir=tmp_path / "plain")
+    ids = editor.apply(facts[:3]).edit_ids
+    plain.apply(facts[:3])
+    lam = editor.editing.mom2_weight
+
+    def check(weights):
+        expected = inspect.sums_of_active_edits(editor)
+        for layer in editor.layers:
+            S, T = expected[f"S.{layer}"], expected[f"T.{layer}"]
+            direct = edited_weight(editor.W0[layer], d4s_delta(S, T, editor.C[layer], lam * factors.get(layer, 1.0)))
+            assert inspect.relative_error(weights[layer], direct) < 1e-6, f"layer {layer}"
+
+    check(editor.current_weights())
+    assert torch.equal(editor.current_weights()[1], plain.current_weights()[1])   # layer 1 measured alike
+    assert inspect.relative_error(editor.current_weights()[2], plain.current_weights()[2]) > 1e-3
+    editor.retract(ids[0])
+    check(editor.current_weights())
+    after = editor.current_weights()
+    editor.close()
+    restarted = open_engine(model, state_dir=tmp_path / "factors", layer_mom2_factors=factors,
+                            loaded=load_model(make_config(model)))
+    for layer, W in after.items():
+        assert torch.equal(restarted.current_weights()[layer], W)
+    restarted.close()
+    with pytest.raises(StateError, match="layer_mom2_factors"):
+        open_engine(model, state_dir=tmp_path / "factors")
+
+
 def test_a_batch_is_solved_in_groups_by_kind_with_the_settings_of_each(new_fact):
     from assistant.config import config_from_dict
     from assistant.editing.editor import by_kind

@@ -77,7 +77,8 @@ class BatchSolver:
         optimise = lambda only=None: self._targets(facts, train_batch, kl_batch, last_block, h_norm,  # noqa: E731
                                                    targets, only)
         found = optimise()
-        fraction = realised_fraction(K * scale, ed.C[layers[0]], ed.editing.mom2_weight, sums.T(layers[0]))
+        fraction = realised_fraction(K * scale, ed.C[layers[0]], ed.editing.layer_lambda(layers[0]),
+                                     sums.T(layers[0]))
         fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
         keys, residuals = self._solve_layers(layers, found.delta, first, sums, weights, measure, scale, gated)
         probability = found.probability
@@ -131,7 +132,7 @@ class BatchSolver:
         and into the gated share too when ``gated``.
         Returns each layer's keys and residuals (d, m), as they entered the sums."""
         ed = self.editor
-        strategy, lam = sums.strategy, ed.editing.mom2_weight
+        strategy = sums.strategy
         K, H, owner = first
         Z = H + delta[owner].T.double().cpu()                           # (d, m)
         keys, residuals = {}, {}
@@ -141,10 +142,11 @@ class BatchSolver:
             R = spread_residual(Z, H, len(layers) - j) * scale      # (d, m)
             if known_keys is None:
                 K = K * scale
-                strategy.add_batch(sums, layer, K, R, ed.prior(layer), lam, gated)
+                strategy.add_batch(sums, layer, K, R, ed.prior(layer), ed.editing.layer_lambda(layer), gated)
             else:
                 K, R = known_keys[layer], R * only[owner].to(R.dtype)
-                strategy.raise_residuals(sums, layer, K, R, ed.prior(layer), lam, gated)
+                strategy.raise_residuals(sums, layer, K, R, ed.prior(layer), ed.editing.layer_lambda(layer),
+                                         gated)
             weights[layer] = ed.set_solved(ed.shadow, sums, layer)
             keys[layer], residuals[layer] = K, R
         return keys, residuals

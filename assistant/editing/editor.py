@@ -222,7 +222,8 @@ class Editor:
         unrelated keys' spill-over, so a gate cannot tell them apart); None without the gate."""
         if self.editing.gate <= 0:
             return None
-        return sums.gated_offset(layer, self.prior(layer), self.editing.mom2_weight).to(self.W0[layer].dtype)
+        offset = sums.gated_offset(layer, self.prior(layer), self.editing.layer_lambda(layer))
+        return offset.to(self.W0[layer].dtype)
 
     def fill_gated_shares(self) -> None:
         """A state written before the gated share was kept gets it now, from the ledger (d4s:
@@ -253,7 +254,7 @@ class Editor:
 
     def solve_weight(self, sums: EditSums, layer: int) -> torch.Tensor:
         """W0 + the offset ``sums`` give ``layer``; refused if it is not finite."""
-        W = edited_weight(self.W0[layer], sums.offset(layer, self.prior(layer), self.editing.mom2_weight))
+        W = edited_weight(self.W0[layer], sums.offset(layer, self.prior(layer), self.editing.layer_lambda(layer)))
         if not torch.isfinite(W).all():
             raise EditRejected(f"the edit made layer {layer}'s weights non-finite; nothing was applied")
         return W

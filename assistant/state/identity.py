@@ -11,7 +11,8 @@ from assistant.errors import StateError
 # Identity keys added after states were first written, with the value those states had (a
 # function of the stored identity where it was another key's value).
 IDENTITY_BEFORE = {"chat_layers": lambda stored: [],
-                   "chat_mom2_weight": lambda stored: stored.get("mom2_weight")}
+                   "chat_mom2_weight": lambda stored: stored.get("mom2_weight"),
+                   "layer_mom2_factors": lambda stored: {}}
 
 
 def state_dir_for(config, state_dir: Path | str | None = None) -> Path:
@@ -32,6 +33,7 @@ def state_identity(config, model_fingerprint: str, method: str) -> dict:
         "chat_layers": list(config.editing.chat_layers),
         "mom2_weight": config.editing.mom2_weight,
         "chat_mom2_weight": config.editing.chat_mom2_weight,
+        "layer_mom2_factors": {str(layer): f for layer, f in config.editing.layer_mom2_factors.items()},
         "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
     }
     if method in NULL_SPACE_METHODS:
@@ -55,8 +57,18 @@ def check_identity(ledger, config, model_fingerprint: str, method: str | None, f
             raise StateError(
                 f"state {folder} was made with {key} = {had!r}, but this run has {value!r}. "
                 "Use another --state-dir (or LIVEDIT_STATE_DIR) for a different experiment"
-                + (f", or set [editing] {key} = {had!r} in config.toml to keep using this state."
-                   if key in ("layers", "chat_layers", "mom2_weight", "chat_mom2_weight", "null_space_keep",
-                              "null_space_alpha") else ".")
+                + (f", or set [editing] {key} = {_as_toml(had)} in config.toml to keep using this state."
+                   if key in EDITING_IDENTITY_KEYS else ".")
             )
     return wanted
+
+
+EDITING_IDENTITY_KEYS = ("layers", "chat_layers", "mom2_weight", "chat_mom2_weight", "layer_mom2_factors",
+                         "null_space_keep", "null_space_alpha")
+
+
+def _as_toml(value) -> str:
+    """A stored identity value as config.toml writes it (an inline table for the layer factors)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {item}" for key, item in value.items()) + "}"
+    return repr(value)
