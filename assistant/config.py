@@ -99,7 +99,8 @@ class EditingConfig:
     layer_mom2_factors: dict = _help("a layer's lambda as a factor on each kind's lambda, by layer index "
                                      "({3 = 0.5}: layer 3 solves with half of it); layers left out keep 1. "
                                      "A window's first layers with a smaller lambda realise more of their "
-                                     "share of the residual, so its last layer inherits less", {})
+                                     "share of the residual, so its last layer inherits less",
+                                     {3: 0.4, 4: 0.4, 5: 0.4})
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
@@ -145,7 +146,7 @@ class EditingConfig:
         _check_layer_list("chat_layers", list(self.chat_layers), may_be_empty=True)
         if self.mom2_weight <= 0 or self.chat_mom2_weight <= 0:
             raise ConfigError("[editing] mom2_weight and chat_mom2_weight (lambda) must be positive")
-        object.__setattr__(self, "layer_mom2_factors", _layer_factors(self.layer_mom2_factors, self.all_layers))
+        object.__setattr__(self, "layer_mom2_factors", _layer_factors(self.layer_mom2_factors))
         if not 0 < self.null_space_keep <= 1 or self.null_space_alpha <= 0:
             raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
         if self.gate < 0:
@@ -192,14 +193,15 @@ class EditingConfig:
                                    refine_rounds=self.chat_refine_rounds, refine_check=self.chat_refine_check)
 
 
-def _layer_factors(factors: dict, edited: list[int]) -> dict[int, float]:
-    """{layer: factor} from TOML's {"3" = 0.5} (or ints), checked against the edited layers."""
+def _layer_factors(factors: dict) -> dict[int, float]:
+    """{layer: factor} from TOML's {3 = 0.5} (string keys) or from ints. A factor for a layer
+    that no window edits has no effect (so the defaults stand beside any ``layers``)."""
     checked = {}
     for key, factor in factors.items():
         layer = int(key) if isinstance(key, int) or str(key).isdigit() else None
-        if layer is None or layer not in edited:
-            raise ConfigError(f"[editing] layer_mom2_factors has layer {key!r}, which no window edits "
-                              f"(layers and chat_layers: {edited}); give factors only for those")
+        if layer is None or isinstance(key, bool):
+            raise ConfigError(f"[editing] layer_mom2_factors has the key {key!r}: keys are layer indices, "
+                              "e.g. {3 = 0.5}")
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
             raise ConfigError(f"[editing] layer_mom2_factors: layer {layer}'s factor {factor!r} must be a "
                               "positive number")

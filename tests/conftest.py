@@ -229,6 +229,8 @@ def toml_value(value) -> str:
         return json.dumps(value)                  # a TOML basic string takes JSON's escapes
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + "}"
     return repr(value)
 
 

@@ -73,7 +73,6 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"refine_check": "maybe"}}, "refine_check"),
     ({"editing": {"chat_refine_check": "said it"}}, "chat_refine_check"),
     ({"editing": {"gate": -0.1}}, "gate"),
-    ({"editing": {"layer_mom2_factors": {"2": 0.5}}}, "no window edits"),
     ({"editing": {"layer_mom2_factors": {"first": 0.5}}}, "layer_mom2_factors"),
     ({"editing": {"layer_mom2_factors": {"3": 0}}}, "positive"),
     ({"editing": {"layer_mom2_factors": {"3": "half"}}}, "positive"),
@@ -234,6 +233,10 @@ def test_layer_factors_are_read_from_toml_and_scale_only_their_layer(tmp_path):
     assert [editing.layer_lambda(layer) for layer in (3, 4, 8)] == [1000.0, 2000.0, 4000.0]
     overridden = with_overrides(load_config(path), ["editing.layer_mom2_factors={4 = 0.25}"]).editing
     assert overridden.layer_mom2_factors == {4: 0.25} and overridden.layer_lambda(3) == 2000.0
+    defaults = config_from_dict({}).editing
+    assert defaults.layer_mom2_factors == {3: 0.4, 4: 0.4, 5: 0.4}      # the cloze window's first layers
+    assert [defaults.layer_lambda(layer) for layer in (3, 7, 8)] == [900.0, 2250.0, 2250.0]
+    assert config_from_dict({"editing": {"layers": [1, 2], "chat_layers": []}}).editing.layer_lambda(1) == 2250.0
 
 
 def test_covariance_corpora_take_the_chat_turns_and_name_the_choices():

@@ -33,7 +33,8 @@ def state_identity(config, model_fingerprint: str, method: str) -> dict:
         "chat_layers": list(config.editing.chat_layers),
         "mom2_weight": config.editing.mom2_weight,
         "chat_mom2_weight": config.editing.chat_mom2_weight,
-        "layer_mom2_factors": {str(layer): f for layer, f in config.editing.layer_mom2_factors.items()},
+        "layer_mom2_factors": {str(layer): factor for layer, factor in config.editing.layer_mom2_factors.items()
+                               if layer in config.editing.all_layers},
         "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
     }
     if method in NULL_SPACE_METHODS:
