@@ -21,7 +21,7 @@ from assistant.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.toml"
 METHODS = ("d4s", "d4s-null", "memit-seq", "alphaedit", "memit")
-REFINE_CHECKS = ("said", "probability")   # what a refinement round re-checks a fact by
+REFINE_CHECKS = ("said", "probability", "every_form")   # what a refinement round re-checks a fact by
 # An operations-console user: "name:pbkdf2_sha256$ITERATIONS$SALT$HASH" (ui.auth makes and checks them).
 ADMIN_ENTRY = re.compile(r"[^:\s]{1,64}:pbkdf2_sha256\$\d+\$[0-9a-f]{16,}\$[0-9a-f]{64}")
 
@@ -99,7 +99,8 @@ class EditingConfig:
     layer_mom2_factors: dict = _help("a layer's lambda as a factor on each kind's lambda, by layer index "
                                      "({3 = 0.5}: layer 3 solves with half of it); layers left out keep 1. "
                                      "A window's first layers with a smaller lambda realise more of their "
-                                     "share of the residual, so its last layer inherits less",
+                                     "share of the residual, so its last layer inherits less (d4s, "
+                                     "memit-seq, memit; the null-space methods solve with alpha)",
                                      {3: 0.4, 4: 0.4, 5: 0.4})
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)
@@ -129,9 +130,10 @@ class EditingConfig:
     chat_refine_rounds: int = _help("the same for chat facts (asked by their question)", 2)
     refine_check: str = _help("which cloze facts a refinement round raises: said = those whose greedy "
                               "completion does not hold the object yet (what users and the detector see); "
-                              "probability = those below stop_probability", "said")
-    chat_refine_check: str = _help("the same for chat facts (their greedy answer; chat_stop_probability)",
-                                   "probability")
+                              "probability = those below stop_probability in the form they are asked in; "
+                              "every_form = those below it in any of their forms", "said")
+    chat_refine_check: str = _help("the same for chat facts (their greedy answer to the question; "
+                                   "chat_stop_probability)", "every_form")
     lead_in_tokens: int = _help("also train the object after the model's own restating start of its answer, "
                                 "searched in this many answer tokens; 0 = off", 24)
     tokens_per_pass: int = _help("most prompt tokens in one forward and backward pass of the target "

@@ -222,7 +222,7 @@ def test_each_kind_of_fact_is_solved_with_its_own_settings():
     assert (defaults.mom2_weight, defaults.stop_probability, defaults.steps, defaults.refine_rounds,
             defaults.refine_check) == (2250.0, 0.4, 60, 2, "said")
     assert (defaults.chat_mom2_weight, defaults.chat_stop_probability, defaults.chat_steps,
-            defaults.chat_refine_rounds, defaults.chat_refine_check) == (500.0, 0.97, 100, 2, "probability")
+            defaults.chat_refine_rounds, defaults.chat_refine_check) == (500.0, 0.97, 100, 2, "every_form")
 
 
 def test_layer_factors_are_read_from_toml_and_scale_only_their_layer(tmp_path):

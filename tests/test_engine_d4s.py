@@ -484,6 +484,35 @@ def test_refinement_rechecks_each_fact_in_the_form_it_is_asked_in(open_engine, m
         assert torch.equal(only, behind)
 
 
+def test_refinement_in_every_form_raises_the_facts_below_the_stop_probability_in_any_form(open_engine,
+                                                                                          monkeypatch):
+    """With refine_check = "every_form", a round gives new targets to exactly the facts whose
+    object is below the stop probability after some prompt form (here somewhere other than
+    the plain prompt too), measured on the edited shadow independently of the engine."""
+    facts = subject_last_facts()
+    prefixes = ["", "Note: "]
+    rounds, real = [], batch_solve.optimise_targets
+
+    def recording(model, train, kl, block, h_norm, cfg, pad, only=None):
+        found = real(model, train, kl, block, h_norm, cfg, pad, only)
+        if only is not None:
+            per_form = torch.stack([torch.exp(-completion_nll(model, editor.tokenizer,
+                                                              [prefix + f.filled_prompt for f in facts],
+                                                              [f.target_new for f in facts])) for prefix in prefixes])
+            rounds.append((found.delta.norm(dim=1).cpu() > 0, (per_form < cfg.stop_probability).any(0),
+                           per_form[0] < cfg.stop_probability))
+        return found
+
+    monkeypatch.setattr(batch_solve, "optimise_targets", recording)
+    editor = open_engine("sharp-llama", mom2_weight=3000.0, stop_probability=0.95, steps=12, refine_rounds=2,
+                         refine_check="every_form", context_prefixes=prefixes)
+    editor.apply(facts)
+    assert rounds and rounds[0][0].any()
+    for raised, below_in_a_form, _ in rounds:
+        assert torch.equal(raised, below_in_a_form)
+    assert any(not torch.equal(anywhere, as_asked) for _, anywhere, as_asked in rounds)
+
+
 def test_refinement_by_what_is_said_raises_only_the_facts_not_said_yet(open_engine, monkeypatch):
     """With refine_check = "said", a round optimises new targets for exactly the facts whose
     greedy completion of their plain prompt does not hold the new object yet."""

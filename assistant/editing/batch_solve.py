@@ -91,8 +91,9 @@ class BatchSolver:
             behind = more.delta.norm(dim=1).cpu() > 0      # facts that passed at once keep a zero delta
             if not behind.any():
                 break
-            log.info("refining %d of %d fact(s) (%s)", int(behind.sum()), n,
-                     "not said yet" if cfg.refine_check == "said" else f"below P = {cfg.stop_probability:.2f}")
+            log.info("refining %d of %d fact(s) (%s)", int(behind.sum()), n, {
+                "said": "not said yet", "probability": f"below P = {cfg.stop_probability:.2f} as asked",
+                "every_form": f"below P = {cfg.stop_probability:.2f} in some form"}[cfg.refine_check])
             _, extra = self._solve_layers(layers, more.delta, measure(layers[0]), sums, weights, measure, scale,
                                           gated, keys, behind)
             for layer in layers:
@@ -102,12 +103,16 @@ class BatchSolver:
         return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
 
     def _behind(self, facts: list[Fact], train: RowBatch, cfg: EditingConfig) -> torch.Tensor:
-        """(n,) bool: the facts a refinement round raises, checked on the edited shadow in the
-        form each is asked in: not said yet (greedy), or below the stop probability."""
+        """(n,) bool: the facts a refinement round optimises, checked on the edited shadow: not
+        said yet (greedy, as asked), below the stop probability as asked, or, for every_form,
+        all of them: the optimisation's first step finds those below it in some form, and the
+        others keep a zero delta."""
         ed = self.editor
         if cfg.refine_check == "said":
             said = said_as_asked(ed.shadow, ed.tokenizer, facts, ed.system_prompt)
             return ~torch.tensor(said, dtype=torch.bool)
+        if cfg.refine_check == "every_form":
+            return torch.ones(len(facts), dtype=torch.bool)
         return asked_probability(ed.shadow, train, len(facts)).cpu() < cfg.stop_probability
 
     def _targets(self, facts: list[Fact], train: RowBatch, kl: RowBatch, last_block, h_norm: torch.Tensor,
