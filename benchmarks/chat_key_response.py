@@ -60,7 +60,6 @@ def main() -> None:
     facts = load_slice(config, "qaedit", args.start, args.count)
     editor = Editor.open(config, state_dir=args.state_dir)
     edits = {record.fact.id: record.id for record in editor.edits("active")}
-    lam = config.editing.mom2_weight
     rephrased = [f.paraphrases[0] for f in facts]
     replies = answers(editor.model, editor.tokenizer, rephrased, 32, config.chat.system_prompt)
     rows = []
@@ -70,7 +69,7 @@ def main() -> None:
         if holds != "no" and fact.id in edits:
             vectors = editor.vectors(edits[fact.id])
             for layer, (K, _) in vectors.items():             # the layers this edit wrote
-                A = lam * editor.C[layer].double() + editor.sums.T(layer).double()
+                A = config.editing.layer_lambda(layer) * editor.C[layer].double() + editor.sums.T(layer).double()
                 trained = K[:, 0].double()
                 ratios[layer] = response_ratio(A, trained, subject_key(editor, layer, question, fact.subject))
         rows.append({"id": fact.id, "rephrasing": question, "target": fact.target_new, "answer": reply,

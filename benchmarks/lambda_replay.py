@@ -29,7 +29,9 @@ def replay(editor, edits, lam: float) -> dict:
     for record in edits:
         for layer, (K, R) in editor.vectors(record.id).items():
             sums.add(layer, K, R)
-    weights = {layer: edited_weight(editor.W0[layer], sums.offset(layer, editor.prior(layer), lam))
+    factors = editor.editing.layer_mom2_factors          # each layer keeps its factor on the replayed lambda
+    weights = {layer: edited_weight(editor.W0[layer], sums.offset(layer, editor.prior(layer),
+                                                                  lam * factors.get(layer, 1.0)))
                for layer in editor.layers}
     editor.swap_in(weights)
     facts = [record.fact for record in edits]
