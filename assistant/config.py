@@ -10,6 +10,7 @@ runs the same settings.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -198,13 +199,17 @@ class EditingConfig:
 def _layer_factors(factors: dict) -> dict[int, float]:
     """{layer: factor} from TOML's {3 = 0.5} (string keys) or from ints. A factor for a layer
     that no window edits has no effect (so the defaults stand beside any ``layers``)."""
+    if not isinstance(factors, dict):
+        raise ConfigError(f"[editing] layer_mom2_factors = {factors!r}: give a table of layer = factor, "
+                          "e.g. {3 = 0.5}")
     checked = {}
     for key, factor in factors.items():
-        layer = int(key) if isinstance(key, int) or str(key).isdigit() else None
+        layer = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdecimal() and key.isascii()) \
+            else None
         if layer is None or isinstance(key, bool):
             raise ConfigError(f"[editing] layer_mom2_factors has the key {key!r}: keys are layer indices, "
                               "e.g. {3 = 0.5}")
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
             raise ConfigError(f"[editing] layer_mom2_factors: layer {layer}'s factor {factor!r} must be a "
                               "positive number")
         checked[layer] = float(factor)

@@ -92,19 +92,20 @@ def main() -> None:
     editor = Editor.open(config, state_dir=args.state_dir)
     trained, rephrased = site_keys(editor, [f.question for f in facts]), site_keys(editor, [f.paraphrases[0] for f in facts])
     others, chat = site_keys(editor, unrelated), site_keys(editor, held_back)
-    lam = config.editing.mom2_weight
     rows = []
     for layer in editor.layers:
         C = editor.C[layer].double()
         for site in SITES:
             C_chat = chat[layer][site].T @ chat[layer][site] / chat[layer][site].shape[0]
+            lam = config.editing.layer_lambda(layer)
             for covariance, A in (("text", lam * C), ("text+chat", lam * (C + C_chat))):
                 row = {"layer": layer, "site": site, "covariance": covariance,
                        **responses(A, trained[layer][site], rephrased[layer][site], others[layer][site])}
                 rows.append(row)
                 print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     write_json(args.out, {"start": args.start, "count": len(facts), "unrelated": len(unrelated),
-                          "chat_questions": len(held_back), "mom2_weight": lam, "rows": rows})
+                          "chat_questions": len(held_back), "mom2_weight": config.editing.mom2_weight,
+                          "layer_mom2_factors": config.editing.layer_mom2_factors, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ def main() -> None:
     editor = Editor.open(configured(args.set), state_dir=args.state_dir, progress=False)
     edits = editor.edits("active")[:args.edits]
     results = {"state": args.state_dir, "edits": len(edits), "run_lambda": editor.editing.mom2_weight,
+               "layer_mom2_factors": editor.editing.layer_mom2_factors,   # each replayed lambda keeps them
                "environment": environment(), "replays": []}
     with torch.no_grad():
         for lam in (float(x) for x in args.lambdas.split(",")):

@@ -105,6 +105,22 @@ def test_state_made_with_other_settings_is_refused(open_engine, facts):
         open_engine(chat_layers=[0, 1])
 
 
+def test_layer_factors_are_part_of_the_identity_only_where_the_method_uses_lambda(open_engine, facts):
+    """d4s refuses other factors on its edited layers; a factor for a layer no window edits,
+    and any factor for a null-space method (solved with alpha), leave the state as it is."""
+    editor = open_engine()
+    editor.apply(facts[:1])
+    editor.close()
+    with pytest.raises(StateError, match="layer_mom2_factors = {}"):
+        open_engine(layer_mom2_factors={1: 0.5})
+    open_engine(layer_mom2_factors={5: 0.5}).close()          # conftest's windows edit layers 1 and 2
+    null_space = open_engine(method="d4s-null", state_dir=editor.sums_dir.parent.parent / "null-space")
+    null_space.apply(facts[:1])
+    null_space.close()
+    reopened = open_engine(method="d4s-null", state_dir=null_space.sums_dir.parent, layer_mom2_factors={1: 0.5})
+    assert reopened.edits("active")[0].fact == facts[0]
+
+
 def test_a_state_from_before_chat_layers_opens_as_one_window(open_engine, facts):
     editor = open_engine()
     editor.apply(facts[:1])

@@ -33,13 +33,15 @@ def state_identity(config, model_fingerprint: str, method: str) -> dict:
         "chat_layers": list(config.editing.chat_layers),
         "mom2_weight": config.editing.mom2_weight,
         "chat_mom2_weight": config.editing.chat_mom2_weight,
-        "layer_mom2_factors": {str(layer): factor for layer, factor in config.editing.layer_mom2_factors.items()
-                               if layer in config.editing.all_layers},
         "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
     }
     if method in NULL_SPACE_METHODS:
         identity["null_space_keep"] = config.editing.null_space_keep
         identity["null_space_alpha"] = config.editing.null_space_alpha
+    else:                       # the null-space methods solve with alpha, which no layer factor changes
+        identity["layer_mom2_factors"] = {str(layer): factor for layer, factor in
+                                          config.editing.layer_mom2_factors.items()
+                                          if layer in config.editing.all_layers}
     return identity
 
 
