@@ -69,7 +69,8 @@ def main() -> None:
         if holds != "no" and fact.id in edits:
             vectors = editor.vectors(edits[fact.id])
             for layer, (K, _) in vectors.items():             # the layers this edit wrote
-                A = config.editing.layer_lambda(layer) * editor.C[layer].double() + editor.sums.T(layer).double()
+                lam = config.editing.layer_lambda(layer)
+                A = lam * editor.C[layer].double() + editor.sums.T(layer).double()
                 trained = K[:, 0].double()
                 ratios[layer] = response_ratio(A, trained, subject_key(editor, layer, question, fact.subject))
         rows.append({"id": fact.id, "rephrasing": question, "target": fact.target_new, "answer": reply,

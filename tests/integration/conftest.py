@@ -13,7 +13,7 @@ import pytest
 
 from assistant.config import PROJECT_ROOT, load_config
 
-TEST_HOME = Path(os.environ.get("LIVEDIT_TEST_HOME", PROJECT_ROOT / ".livedit-test-home")).resolve()  # links point at it
+TEST_HOME = Path(os.environ.get("LIVEDIT_TEST_HOME", PROJECT_ROOT / ".livedit-test-home")).resolve()  # linked to
 
 
 @pytest.fixture(scope="session")
