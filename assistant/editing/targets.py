@@ -6,7 +6,7 @@ Loss per fact = NLL of the target over its forms
               + weight_decay * ||delta||^2 / ||h||^2,
 with the delta's norm clamped to clamp_norm_factor * ||h||, and a fact frozen as soon
 as its target probability passes stop_probability in every form. All facts of a batch share each
-forward pass.
+step's passes, rows of similar length together (``prefix_cache.width_buckets``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from assistant.model.hooks import edit_output
-from assistant.editing.prefix_cache import split_rows, suffix_hidden
+from assistant.editing.prefix_cache import split_rows, suffix_hidden, width_buckets
 from assistant.editing.prompts import RowBatch
 
 log = logging.getLogger(__name__)
@@ -94,13 +94,12 @@ def _row_nll(model, hidden: torch.Tensor, batch: RowBatch, from_subject: bool = 
     return row_nll / torch.tensor([r.target_len for r in batch.rows], device=row_nll.device)
 
 
-def _per_fact_nll(model, hidden: torch.Tensor, batch: RowBatch, n_facts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per fact, over its forms: the mean, and the worst, of the mean per-token NLL of its
-    target. Both (n_facts,)."""
-    row_nll = _row_nll(model, hidden, batch)
-    fact_nll = torch.zeros(n_facts, device=row_nll.device).index_add_(0, batch.fact, row_nll)
-    worst = torch.zeros(n_facts, device=row_nll.device).scatter_reduce(0, batch.fact, row_nll.detach(), "amax")
-    return fact_nll / torch.bincount(batch.fact, minlength=n_facts).clamp(min=1), worst
+def _per_fact_nll(row_nll: torch.Tensor, fact: torch.Tensor, n_facts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per fact, over its forms (rows, with ``fact`` the fact of each): the mean, and the
+    worst, of the rows' mean per-token NLL of the target. Both (n_facts,)."""
+    fact_nll = torch.zeros(n_facts, device=row_nll.device).index_add_(0, fact, row_nll)
+    worst = torch.zeros(n_facts, device=row_nll.device).scatter_reduce(0, fact, row_nll.detach(), "amax")
+    return fact_nll / torch.bincount(fact, minlength=n_facts).clamp(min=1), worst
 
 
 @torch.no_grad()
@@ -161,12 +160,17 @@ def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Modul
         if splits_for is None or not torch.equal(splits_for, active):    # converged facts cost nothing
             splits, splits_for = [], active.clone()
             for group in fact_groups(train, active, cfg.tokens_per_pass):
-                split = split_rows(model, train.only_facts(group), pad, through=block)
-                splits.append((split, group, delta_sites(split.source, from_subject=True)))
-        for split, group, sites in splits:           # one forward and backward pass per group of facts
-            rows, kl_rows = split.source, kl.only_facts(group)
-            with edit_output(block, add_delta_at(sites, delta)):
-                nll, worst_nll = _per_fact_nll(model, suffix_hidden(model, split), rows, n)
+                rows = train.only_facts(group)
+                passes = [split_rows(model, rows.only_rows(bucket), pad, through=block)
+                          for bucket in width_buckets(rows)]
+                splits.append((group, [(split, delta_sites(split.source, from_subject=True)) for split in passes]))
+        for group, passes in splits:                 # one backward pass per group of facts
+            kl_rows = kl.only_facts(group)
+            row_nll = []
+            for split, sites in passes:              # forward passes of rows of similar length
+                with edit_output(block, add_delta_at(sites, delta)):
+                    row_nll.append(_row_nll(model, suffix_hidden(model, split), split.source))
+            nll, worst_nll = _per_fact_nll(torch.cat(row_nll), torch.cat([split.source.fact for split, _ in passes]), n)
             with edit_output(block, add_delta_at(delta_sites(kl_rows), delta)):
                 current = _last_logprobs(model, kl_rows)
             kl_term = torch.zeros(n, device=device)
