@@ -1,14 +1,15 @@
 """What one step of the target optimisation costs, with the suffix's blocks up to the
 delta's computed at every step or run once and replayed (`prefix_cache.split_rows`'s
 ``through``), and replayed with the rows in passes of similar length
-(`prefix_cache.width_buckets`), as the engine runs them. A step is what `optimise_targets` does for a batch: the forward pass of every
-training row with the delta at its subject, the target NLL, and the backward pass.
+(`prefix_cache.width_buckets`), as the engine runs them. A step is what `optimise_targets`
+does for a batch: the forward pass of every training row with the delta at its subject, the
+target NLL, and the backward pass.
 
     python -m benchmarks.target_speed --start 100 --count 16 --state-dir DIR \
         --out benchmarks/results/target-speed-chat-100-115.json
 
 The facts are QAEdit chat facts with their rows as the engine builds them (cloze forms,
-question forms, lead-ins). The two ways alternate, ``--repeats`` steps each, and the medians
+question forms, lead-ins). The three ways alternate, ``--repeats`` steps each, and the medians
 are reported with their ratios.
 """
 
@@ -21,10 +22,9 @@ import time
 
 import torch
 
+from assistant.editing.batch_solve import BatchSolver
 from assistant.editing.editor import Editor
-from assistant.editing.lead_ins import answer_lead_ins
 from assistant.editing.prefix_cache import split_rows, suffix_hidden, width_buckets
-from assistant.editing.prompts import collate, fact_rows
 from assistant.editing.targets import add_delta_at, delta_sites
 from assistant.model.architectures import get_module
 from assistant.model.hooks import edit_output
@@ -65,10 +65,8 @@ def main() -> None:
     facts = load_slice(config, args.data, args.start, args.count)
     kind = editor.editing.for_kind(bool(facts[0].question))
     tok, shadow = editor.tokenizer, editor.shadow
-    lead_ins = (answer_lead_ins(shadow, tok, facts, editor.system_prompt, kind.lead_in_tokens)
-                if kind.lead_in_tokens else [[] for _ in facts])
-    rows = [row for i, fact in enumerate(facts) for row in fact_rows(i, fact, tok, editor.prompts, True, lead_ins[i])]
-    batch = collate(rows, tok.pad_token_id, torch.device("cpu"))
+    _, batch, _ = BatchSolver(editor).rows(facts, kind)
+    rows = batch.rows
     block = get_module(shadow, editor.arch.block_module.format(kind.layers[-1]))
     buckets = width_buckets(batch)
     splits = {"computed": [split_rows(shadow, batch, tok.pad_token_id)],

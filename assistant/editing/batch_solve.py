@@ -46,26 +46,16 @@ class BatchSolver:
         ``EditingConfig.for_kind``) one by one (MEMIT's spread), then, for its
         ``refine_rounds``, re-check every fact on the edited shadow in the form it is asked in
         (``refine_check``: said, or up to the stop probability) and raise the residuals of
-        those behind (their new targets are trained in every form, as the first ones). ``sums`` and ``weights`` (each solved layer's
-        W, also set on the shadow) are updated in place."""
+        those behind (their new targets are trained in every form, as the first ones).
+        ``sums`` and ``weights`` (each solved layer's W, also set on the shadow) are updated in
+        place."""
         ed = self.editor
-        tok, shadow, layers = ed.tokenizer, ed.shadow, list(cfg.layers)
+        shadow, layers = ed.shadow, list(cfg.layers)
         gated = one_kind(facts)                      # chat facts: their change is what the gate acts on
         scale = math.sqrt(ed.editing.mom2_weight / cfg.mom2_weight)     # the kind's lambda, as column weights
         targets = TargetSettings.from_editing(cfg)
-        device, n = next(ed.model.parameters()).device, len(facts)
-        lead_ins = (answer_lead_ins(shadow, tok, facts, ed.system_prompt, cfg.lead_in_tokens)
-                    if cfg.lead_in_tokens else [[] for _ in facts])
-        rows = lambda i, fact, with_targets: fact_rows(i, fact, tok, ed.prompts, with_targets, lead_ins[i])  # noqa: E731
-        train, key_rows, kl_rows = [], [], []
-        for i, fact in enumerate(facts):
-            train += rows(i, fact, True)
-            key_rows += rows(i, fact, False)
-            kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
-        if cfg.lead_in_tokens:
-            log.info("%d lead-in(s) for %d of %d fact(s)", sum(map(len, lead_ins)), sum(map(bool, lead_ins)), n)
-        pad = tok.pad_token_id
-        key_batch, train_batch, kl_batch = (collate(part, pad, device) for part in (key_rows, train, kl_rows))
+        n = len(facts)
+        key_batch, train_batch, kl_batch = self.rows(facts, cfg)
         last_block = get_module(shadow, ed.arch.block_module.format(layers[-1]))
         edited = lambda layer: get_module(shadow, ed.names[layer])  # noqa: E731
 
@@ -101,6 +91,26 @@ class BatchSolver:
         vectors = [{layer: (keys[layer][:, owner == i].clone(), residuals[layer][:, owner == i].clone())
                     for layer in layers} for i in range(n)]
         return [NewEdit(f, vectors[i], float(probability[i]), float(fraction[i])) for i, f in enumerate(facts)]
+
+    def rows(self, facts: list[Fact], cfg: EditingConfig) -> tuple[RowBatch, RowBatch, RowBatch]:
+        """The batch's rows on the shadow as it is: keys (every prompt form), training (every
+        form with the new object, and after the model's own lead-in), and the KL prompt."""
+        ed = self.editor
+        tok, device = ed.tokenizer, next(ed.model.parameters()).device
+        lead_ins = (answer_lead_ins(ed.shadow, tok, facts, ed.system_prompt, cfg.lead_in_tokens)
+                    if cfg.lead_in_tokens else [[] for _ in facts])
+        rows = lambda i, fact, with_targets: fact_rows(i, fact, tok, ed.prompts, with_targets, lead_ins[i])  # noqa: E731
+        train, key_rows, kl_rows = [], [], []
+        for i, fact in enumerate(facts):
+            train += rows(i, fact, True)
+            key_rows += rows(i, fact, False)
+            kl_rows.append(kl_row(i, fact, tok, cfg.kl_prompt))
+        if cfg.lead_in_tokens:
+            log.info("%d lead-in(s) for %d of %d fact(s)", sum(map(len, lead_ins)), sum(map(bool, lead_ins)),
+                     len(facts))
+        key_batch, train_batch, kl_batch = (collate(part, tok.pad_token_id, device)
+                                            for part in (key_rows, train, kl_rows))
+        return key_batch, train_batch, kl_batch
 
     def _behind(self, facts: list[Fact], train: RowBatch, cfg: EditingConfig) -> torch.Tensor:
         """(n,) bool: the facts a refinement round optimises, checked on the edited shadow: not

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -142,9 +143,12 @@ def _last_logprobs(model, batch: RowBatch) -> torch.Tensor:
 
 
 def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Module, h_norm: torch.Tensor,
-                     cfg: TargetSettings, pad: int, only: torch.Tensor | None = None) -> Targets:
+                     cfg: TargetSettings, pad: int, only: torch.Tensor | None = None,
+                     on_step: Callable[[int, torch.Tensor], None] | None = None) -> Targets:
     """Optimise one delta per fact. ``h_norm`` (n,) is ||h|| at each subject. With ``only``
-    (n,) bool, the other facts keep a zero delta and a probability of 0."""
+    (n,) bool, the other facts keep a zero delta and a probability of 0. ``on_step(step,
+    probability)`` sees each step's P(target) per fact in its hardest form, before the step's
+    update (a stopped fact keeps its last)."""
     n, started = h_norm.shape[0], time.perf_counter()
     device = train.input_ids.device
     delta = torch.zeros(n, model.config.hidden_size, device=device, requires_grad=True)
@@ -181,6 +185,8 @@ def optimise_targets(model, train: RowBatch, kl: RowBatch, block: torch.nn.Modul
             behind = group & (probability < cfg.stop_probability)
             if behind.any():
                 ((nll + cfg.kl_weight * kl_term + cfg.weight_decay * decay) * behind).sum().backward()
+        if on_step is not None:
+            on_step(step, probability.detach().clone())
         active &= probability < cfg.stop_probability
         if not active.any():
             break
