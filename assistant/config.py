@@ -116,7 +116,8 @@ class EditingConfig:
     kl_prompt: str = _help("prompt kept stable by the KL term; {} is the subject", "{} is a")
     steps: int = _help("maximum gradient steps of the target optimisation (cloze facts)", 60)
     chat_steps: int = _help("maximum gradient steps of the target optimisation for chat facts", 100)
-    learning_rate: float = _help("Adam learning rate of the target optimisation", 0.5)
+    learning_rate: float = _help("Adam learning rate of the target optimisation (cloze facts)", 0.5)
+    chat_learning_rate: float = _help("the same for chat facts", 0.5)
     clamp_norm_factor: float = _help("the delta's norm is clamped to this times ||h||", 10.0)
     kl_weight: float = _help("weight of the KL term", 0.0625)
     weight_decay: float = _help("weight of ||delta||^2 / ||h||^2 in the loss", 0.001)
@@ -154,6 +155,8 @@ class EditingConfig:
             raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
         if self.gate < 0:
             raise ConfigError("[editing] gate must be 0 (off) or a positive share of the unedited output")
+        if not (self.learning_rate > 0 and self.chat_learning_rate > 0):
+            raise ConfigError("[editing] learning_rate and chat_learning_rate must be positive")
         if min(self.batch_size, self.steps, self.chat_steps) < 1:
             raise ConfigError("[editing] batch_size, steps and chat_steps must be at least 1")
         if min(self.refine_rounds, self.chat_refine_rounds, self.lead_in_tokens, self.tokens_per_pass) < 0:
@@ -187,12 +190,13 @@ class EditingConfig:
 
     def for_kind(self, has_question: bool) -> "EditingConfig":
         """The settings a batch of one kind of fact is solved with: for facts with a question
-        (chat edits), layers, mom2_weight, steps, stop_probability, refine_rounds and refine_check take the
-        chat_ values; cloze facts keep the section as it is."""
+        (chat edits), layers, mom2_weight, steps, learning_rate, stop_probability, refine_rounds and
+        refine_check take the chat_ values; cloze facts keep the section as it is."""
         if not has_question:
             return self
         return dataclasses.replace(self, layers=self.window(True), mom2_weight=self.chat_mom2_weight,
-                                   steps=self.chat_steps, stop_probability=self.chat_stop_probability,
+                                   steps=self.chat_steps, learning_rate=self.chat_learning_rate,
+                                   stop_probability=self.chat_stop_probability,
                                    refine_rounds=self.chat_refine_rounds, refine_check=self.chat_refine_check)
 
 

@@ -66,6 +66,9 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"mom2_weight": -1.0}}, "mom2_weight"),
     ({"editing": {"chat_mom2_weight": 0.0}}, "chat_mom2_weight"),
     ({"editing": {"chat_steps": 0}}, "chat_steps"),
+    ({"editing": {"learning_rate": 0.0}}, "learning_rate"),
+    ({"editing": {"chat_learning_rate": -1.0}}, "chat_learning_rate"),
+    ({"editing": {"chat_learning_rate": float("nan")}}, "chat_learning_rate"),
     ({"editing": {"chat_stop_probability": 1.5}}, "chat_stop_probability"),
     ({"editing": {"chat_refine_rounds": -1}}, "chat_refine_rounds"),
     ({"editing": {"kl_prompt": "is a"}}, "kl_prompt"),
@@ -213,13 +216,14 @@ def test_chat_layers_choose_the_window_of_facts_that_carry_a_question():
 def test_each_kind_of_fact_is_solved_with_its_own_settings():
     editing = config_from_dict({"editing": {"layers": [3, 4], "chat_layers": [6, 7], "mom2_weight": 2000.0,
                                             "chat_mom2_weight": 400.0, "steps": 30, "chat_steps": 90,
+                                            "learning_rate": 0.3, "chat_learning_rate": 1.5,
                                             "stop_probability": 0.6, "chat_stop_probability": 0.95,
                                             "refine_rounds": 0, "chat_refine_rounds": 3,
                                             "refine_check": "probability", "chat_refine_check": "said"}}).editing
     assert editing.for_kind(has_question=False) is editing
     chat = editing.for_kind(has_question=True)
-    assert (chat.layers, chat.mom2_weight, chat.steps, chat.stop_probability, chat.refine_rounds,
-            chat.refine_check) == ([6, 7], 400.0, 90, 0.95, 3, "said")
+    assert (chat.layers, chat.mom2_weight, chat.steps, chat.learning_rate, chat.stop_probability,
+            chat.refine_rounds, chat.refine_check) == ([6, 7], 400.0, 90, 1.5, 0.95, 3, "said")
     assert (chat.batch_size, chat.kl_prompt, chat.gate) == (editing.batch_size, editing.kl_prompt, editing.gate)
     defaults = config_from_dict({}).editing          # the measured settings of each kind (README)
     assert (defaults.mom2_weight, defaults.stop_probability, defaults.steps, defaults.refine_rounds,
