@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from assistant.config import Config, load_config, with_overrides
+from assistant.config import Config, EditingConfig, load_config, with_overrides
+from assistant.editing.editor import Editor
 from assistant.evaluation.bench import environment as bench_environment
 from assistant.evaluation.bench import write_json  # noqa: F401  (the scripts' one writer of results)
 from assistant.evaluation.datasets import load_edit_facts
@@ -41,6 +42,24 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config.toml key, e.g. editing.mom2_weight=150")
     parser.add_argument("--state-dir", required=True, help="a fresh state directory for this run")
     parser.add_argument("--out", required=True, help="JSON results file")
+
+
+def one_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --start and --count of a benchmark that studies one batch (the chat tuning slice by default)."""
+    parser.add_argument("--data", default="qaedit")
+    parser.add_argument("--start", type=int, default=100)
+    parser.add_argument("--count", type=int, default=16)
+    common_arguments(parser)
+
+
+def open_one_batch(args: argparse.Namespace) -> tuple[Config, dict, Editor, list[Fact], EditingConfig]:
+    """(config, environment, editor, facts, the settings of the facts' kind) of a one-batch
+    benchmark's arguments; the environment is recorded before anything runs."""
+    config = configured(args.set)
+    started_in = environment()
+    editor = Editor.open(config, state_dir=args.state_dir)
+    facts = load_slice(config, args.data, args.start, args.count)
+    return config, started_in, editor, facts, editor.editing.for_kind(bool(facts[0].question))
 
 
 def environment() -> dict:

@@ -15,25 +15,25 @@ import dataclasses
 import time
 
 from assistant.editing.batch_solve import BatchSolver
-from assistant.editing.editor import Editor
 from assistant.editing.keys import average_by_fact, keys_and_hidden
 from assistant.editing.targets import TargetSettings, optimise_targets
 from assistant.model.architectures import get_module
-from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
+from benchmarks.common import one_batch_arguments, open_one_batch, write_json
+
+
+def passed_at_step(trajectory: list[list[float]], stop_probability: float) -> list[int | None]:
+    """Per fact, the first step (from 1) at which its P reached ``stop_probability``; None
+    when it never did. ``trajectory[step - 1][fact]`` is the fact's P at that step."""
+    facts = len(trajectory[0]) if trajectory else 0
+    return [next((step for step, row in enumerate(trajectory, 1) if row[fact] >= stop_probability), None)
+            for fact in range(facts)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="qaedit")
-    parser.add_argument("--start", type=int, default=100)
-    parser.add_argument("--count", type=int, default=16)
-    common_arguments(parser)
+    one_batch_arguments(parser)
     args = parser.parse_args()
-    config = configured(args.set)
-    started_in = environment()
-    editor = Editor.open(config, state_dir=args.state_dir)
-    facts = load_slice(config, args.data, args.start, args.count)
-    kind = editor.editing.for_kind(bool(facts[0].question))
+    config, started_in, editor, facts, kind = open_one_batch(args)
     key_batch, train, kl = BatchSolver(editor).rows(facts, kind)
     shadow, n = editor.shadow, len(facts)
     block = get_module(shadow, editor.arch.block_module.format(kind.layers[-1]))
@@ -46,8 +46,7 @@ def main() -> None:
     found = optimise_targets(shadow, train, kl, block, h_norm, settings, editor.tokenizer.pad_token_id,
                              on_step=lambda step, probability: trajectory.append(probability.tolist()))
     seconds = time.perf_counter() - started
-    passed_at = [next((step for step, row in enumerate(trajectory, 1) if row[i] >= settings.stop_probability), None)
-                 for i in range(n)]
+    passed_at = passed_at_step(trajectory, settings.stop_probability)
     print(f"{n} facts: {found.steps} steps in {seconds:.1f} s, {sum(s is not None for s in passed_at)} passed "
           f"P {settings.stop_probability}, lowest P {float(found.probability.min()):.3f}; passed at {passed_at}")
     write_json(args.out, {"data": args.data, "start": args.start, "count": n, "rows": len(train.rows),

@@ -23,12 +23,11 @@ import time
 import torch
 
 from assistant.editing.batch_solve import BatchSolver
-from assistant.editing.editor import Editor
 from assistant.editing.prefix_cache import split_rows, suffix_hidden, width_buckets
 from assistant.editing.targets import add_delta_at, delta_sites
 from assistant.model.architectures import get_module
 from assistant.model.hooks import edit_output
-from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
+from benchmarks.common import one_batch_arguments, open_one_batch, write_json
 
 
 def one_step(model, splits, block) -> float:
@@ -53,17 +52,10 @@ def one_step(model, splits, block) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="qaedit")
-    parser.add_argument("--start", type=int, default=100)
-    parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    common_arguments(parser)
+    one_batch_arguments(parser)
     args = parser.parse_args()
-    config = configured(args.set)
-    started_in = environment()
-    editor = Editor.open(config, state_dir=args.state_dir)
-    facts = load_slice(config, args.data, args.start, args.count)
-    kind = editor.editing.for_kind(bool(facts[0].question))
+    config, started_in, editor, facts, kind = open_one_batch(args)
     tok, shadow = editor.tokenizer, editor.shadow
     _, batch, _ = BatchSolver(editor).rows(facts, kind)
     rows = batch.rows

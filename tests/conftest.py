@@ -118,7 +118,8 @@ def write_evaluation_data(root: Path, sentences: list[str]) -> None:
         json.dumps([counterfact_record(i) for i in range(40)]), encoding="utf-8")
     (root / "zsre").mkdir()
     zsre = [{"subject": s, "src": f"Where is {s}?", "answers": [OBJECTS[i % 16]], "alt": OBJECTS[(i + 3) % 16],
-             "rephrase": f"Where can one find {s}?", "loc": f"nq question: what is {OBJECTS[(i + 5) % 16].lower()}"}
+             "rephrase": f"Where can one find {s}?", "loc": f"nq question: what is {OBJECTS[(i + 5) % 16].lower()}",
+             "loc_ans": OBJECTS[(i + 6) % 16]}
             for i, s in enumerate(SUBJECTS)]
     (root / "zsre" / "zsre_mend_eval_portability_gpt4.json").write_text(json.dumps(zsre), encoding="utf-8")
     tokenized = root / "text" / "wikitext2_tokenized"
@@ -200,7 +201,7 @@ def livedit_dirs(request, tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-PER_KIND = ("mom2_weight", "steps", "stop_probability", "refine_rounds", "refine_check")  # keys with a chat_ twin
+PER_KIND = ("mom2_weight", "steps", "learning_rate", "stop_probability", "refine_rounds", "refine_check")  # keys with a chat_ twin
 EDITING = dict(layers=[1, 2], chat_layers=[], mom2_weight=10.0, steps=6, stop_probability=0.97, batch_size=4,
                context_prefixes=["", "Note: "], refine_rounds=0, refine_check="probability", lead_in_tokens=0,
                case_variants=False)
@@ -214,7 +215,8 @@ def make_config(model_dirs):
         config = config.replace("model", path=str(model_dirs[model]), device="cpu", dtype="float32")
         editing = {**EDITING, **editing}
         for key in PER_KIND:                 # chat facts get the test's settings too, unless it gives their own
-            editing.setdefault(f"chat_{key}", editing[key])
+            if key in editing:
+                editing.setdefault(f"chat_{key}", editing[key])
         config = config.replace("editing", **editing)
         # The text corpora alone: the fake zsRE file holds less than a third of 2000 tokens of chat turns.
         return config.replace("covariance", corpora=["wikitext2_raw", "me_ppl"], tokens=2000, sequence_length=32,

@@ -1,0 +1,48 @@
+"""The one-batch benchmark scripts run end to end on a tiny model and write what they claim."""
+
+import json
+import sys
+
+from benchmarks import target_convergence, target_speed
+from benchmarks.target_convergence import passed_at_step
+from tests.conftest import write_config_toml
+
+
+def _run(script, monkeypatch, tmp_path, name: str, data: str, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    monkeypatch.setattr(sys, "argv", [name, "--data", data, "--start", "0", "--count", "3",
+                                      "--state-dir", str(tmp_path / name), "--out", str(out), *extra])
+    script.main()
+    return json.loads(out.read_text())
+
+
+def test_a_fact_passes_at_the_first_step_that_reaches_the_stop_probability():
+    trajectory = [[0.1, 0.2, 0.0], [0.5, 0.9, 0.1], [0.95, 0.97, 0.2], [0.97, 0.98, 0.3]]
+    assert passed_at_step(trajectory, 0.97) == [4, 3, None]
+    assert passed_at_step(trajectory, 0.5) == [2, 2, None]
+    assert passed_at_step([], 0.5) == []
+
+
+def test_target_convergence_records_every_step_of_every_fact(make_config, monkeypatch, tmp_path):
+    config = make_config("sharp-llama", steps=12, stop_probability=0.99)
+    monkeypatch.setenv("LIVEDIT_CONFIG", write_config_toml(tmp_path / "config.toml", config))
+    result = _run(target_convergence, monkeypatch, tmp_path, "convergence", "counterfact")
+    assert result["count"] == 3 and result["steps"] == 12 == result["settings"]["steps"]
+    trajectory = result["probability_by_step"]
+    assert len(trajectory) == 12 and all(len(row) == 3 for row in trajectory)
+    assert trajectory[-1] == result["final_probability"]
+    assert result["passed_at_step"] == passed_at_step(trajectory, 0.99)
+    assert all(later >= earlier for earlier, later in zip(trajectory[0], trajectory[-1]))   # it optimises
+    assert result["environment"]["commit"]
+
+
+def test_target_speed_times_the_three_ways_and_counts_the_padding(make_config, monkeypatch, tmp_path):
+    config = make_config("llama")
+    monkeypatch.setenv("LIVEDIT_CONFIG", write_config_toml(tmp_path / "config.toml", config))
+    result = _run(target_speed, monkeypatch, tmp_path, "speed", "zsre", "--repeats", "1")
+    assert set(result["median_seconds"]) == {"computed", "replayed", "replayed_by_width"}
+    assert all(seconds > 0 for seconds in result["median_seconds"].values())
+    padded = result["padded_suffix_tokens"]
+    assert result["suffix_tokens"] <= padded["by_width"] <= padded["one_pass"]     # a pass costs 64 tokens here
+    assert padded["one_pass"] % result["rows"] == 0 and padded["one_pass"] > result["suffix_tokens"]
+    assert result["passes_by_width"] >= 1
