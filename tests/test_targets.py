@@ -59,21 +59,16 @@ def test_passes_by_width_give_the_targets_of_one_pass(open_engine, new_fact, mon
     """Rows in passes of similar length (as the engine runs them) give the targets that all
     rows in one padded pass give."""
     editor = open_engine("llama", steps=8, stop_probability=0.5)
-    shadow, tok, cfg = editor.shadow, editor.tokenizer, editor.editing
-    facts = [new_fact(i) for i in range(4)]
-    settings = PromptSettings(context_prefixes=("", "A much longer context prefix than the others: "))
-    train = collate([r for i, f in enumerate(facts) for r in fact_rows(i, f, tok, settings, True)],
-                    tok.pad_token_id, torch.device("cpu"))
-    kl = collate([kl_row(i, f, tok, cfg.kl_prompt) for i, f in enumerate(facts)], tok.pad_token_id, torch.device("cpu"))
-    block = get_module(shadow, architecture_of(shadow).block_module.format(cfg.layers[-1]))
+    shadow, pad = editor.shadow, editor.tokenizer.pad_token_id
+    train, kl, block = _rows_of(editor, [new_fact(i) for i in range(4)])
     h_norm = torch.full((4,), 2.0)
-    settings = dataclasses.replace(TargetSettings.from_editing(cfg), tokens_per_pass=0)
+    settings = dataclasses.replace(TargetSettings.from_editing(editor.editing), tokens_per_pass=0)
     passes = []
     monkeypatch.setattr(targets, "width_buckets", lambda rows: passes.append(width_buckets(rows, 0)) or passes[-1])
-    by_width = optimise_targets(shadow, train, kl, block, h_norm, settings, tok.pad_token_id)
-    assert len(passes[0]) >= 2                                     # short and long rows in their own passes
+    by_width = optimise_targets(shadow, train, kl, block, h_norm, settings, pad)
+    assert len(passes[0]) >= 2                                     # rows of other lengths in their own passes
     monkeypatch.setattr(targets, "width_buckets", lambda rows: [torch.ones(len(rows.rows), dtype=torch.bool)])
-    one_pass = optimise_targets(shadow, train, kl, block, h_norm, settings, tok.pad_token_id)
+    one_pass = optimise_targets(shadow, train, kl, block, h_norm, settings, pad)
     assert by_width.steps == one_pass.steps
     assert torch.allclose(by_width.probability, one_pass.probability, rtol=1e-4, atol=1e-6)
     assert (by_width.delta - one_pass.delta).abs().max() <= 1e-3 * one_pass.delta.abs().max()
