@@ -2,8 +2,10 @@
 Edits QAEdit questions in one model (or reuses a state that already holds them), records the
 change ratio ||Delta k|| / ||W0 k|| on the edited questions, their rephrasings and unrelated
 questions, then scores answers, rephrasings and locality with the gate at each threshold
-(no gate first). The editor itself runs without its gate ([editing] gate = 0 whatever the
-config says), so the edits are solved ungated and each row applies one gate only.
+(no gate first), and with the gate edit by edit at each of ``--edit-thresholds``
+(``gate.gated_by_edit``: each edit's term kept only where it alone is large). The editor
+itself runs without its gate ([editing] gate = 0 whatever the config says), so each row
+applies one gate only; a state made elsewhere (with its gate on) can be replayed this way.
 
     LIVEDIT_HOME=.livedit-test-home python -m benchmarks.gated_locality --start 100 --count 16 \
         --set editing.refine_rounds=0 --thresholds 0.25,0.4,0.55 --state-dir /tmp/gated \
@@ -13,11 +15,14 @@ config says), so the edits are solved ungated and each row applies one gate only
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 
+import torch
+
 from assistant.editing.editor import Editor
-from assistant.editing.gate import gated
+from assistant.editing.gate import gated, gated_by_edit
 from assistant.evaluation.locality import locality_reference, measure_locality, unrelated_questions
 from assistant.evaluation.metrics import chat_scores
 from assistant.model.architectures import get_module
@@ -36,6 +41,38 @@ def largest_ratios(editor: Editor, modules, changes, questions: list[str], syste
     return rows
 
 
+def largest_edit_ratios(editor: Editor, modules, columns, questions: list[str], system: str) -> list[dict[int, float]]:
+    """Per question, each layer's largest single-edit ratio over the prompt's tokens."""
+    rows = []
+    for question in questions:
+        sizes: dict[int, list[float]] = {}
+        with gated_by_edit(modules, columns, threshold=0.0, sizes=sizes):
+            answers(editor.model, editor.tokenizer, [question], 1, system)
+        rows.append({layer: max(values) for layer, values in sizes.items()})
+    return rows
+
+
+def edit_columns(editor: Editor, layers: list[int], changes: dict[int, torch.Tensor]) -> dict[int, tuple]:
+    """Per layer (M, R) with the layer's change = R M^T, from the active edits' columns in the
+    ledger (d4s: M = (lambda C + T)^-1 K); refused unless that is the whole change (every edit
+    a chat edit of a d4s state)."""
+    if editor.method != "d4s":
+        raise SystemExit(f"the gate edit by edit needs a d4s state, not {editor.method}")
+    vectors = [editor.vectors(record.id) for record in editor.edits("active")]
+    columns = {}
+    for layer in layers:
+        K = torch.cat([v[layer][0] for v in vectors if layer in v], dim=1)
+        R = torch.cat([v[layer][1] for v in vectors if layer in v], dim=1)
+        A = editor.editing.layer_lambda(layer) * editor.C[layer] + editor.sums.T(layer)
+        M = torch.linalg.solve(A, K)
+        error = ((R @ M.T).float() - changes[layer]).norm() / changes[layer].norm()
+        if error > 1e-3:
+            raise SystemExit(f"layer {layer}: the edits' columns give the change only to {error:.1e}; the gate "
+                             "edit by edit is replayed on states of chat edits alone")
+        columns[layer] = (M.float(), R.float())
+    return columns
+
+
 def summary(rows: list[dict[int, float]], layer: int) -> dict:
     values = sorted(row[layer] for row in rows)
     return {"min": values[0], "median": statistics.median(values), "max": values[-1]}
@@ -46,6 +83,7 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=100)
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--thresholds", default="0.25,0.4,0.55")
+    parser.add_argument("--edit-thresholds", default="", help="thresholds of the gate edit by edit (none: not run)")
     parser.add_argument("--general-questions", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     common_arguments(parser)
@@ -53,7 +91,8 @@ def main() -> None:
     config = configured(args.set).replace("editing", gate=0.0)     # the rows install their own gate
     started_in = environment()
     facts = load_slice(config, "qaedit", args.start, args.count)
-    thresholds = [float(t) for t in args.thresholds.split(",")]
+    thresholds = [float(t) for t in args.thresholds.split(",") if t]
+    edit_thresholds = [float(t) for t in args.edit_thresholds.split(",") if t]
     with Editor.open(config, state_dir=args.state_dir) as editor:
         tok, system, length = editor.tokenizer, config.chat.system_prompt, args.max_new_tokens
         questions = unrelated_questions(facts, config.paths.shared_data_dir(), args.general_questions)
@@ -69,16 +108,24 @@ def main() -> None:
         ratio_rows = {"edited": largest_ratios(editor, modules, changes, [f.question for f in facts], system),
                       "rephrased": largest_ratios(editor, modules, changes, [f.paraphrases[0] for f in facts], system),
                       "unrelated": largest_ratios(editor, modules, changes, questions, system)}
+        edit_ratio_rows = {}
+        if edit_thresholds:
+            columns = edit_columns(editor, layers, changes)
+            edit_ratio_rows = {
+                "edited": largest_edit_ratios(editor, modules, columns, [f.question for f in facts], system),
+                "rephrased": largest_edit_ratios(editor, modules, columns, [f.paraphrases[0] for f in facts], system),
+                "unrelated": largest_edit_ratios(editor, modules, columns, questions, system)}
+        gates = ([("none", None, contextlib.nullcontext)]
+                 + [("sum", t, lambda t=t: gated(modules, changes, t)) for t in thresholds]
+                 + [("edit", t, lambda t=t: gated_by_edit(modules, columns, t)) for t in edit_thresholds])
         rows = []
-        for threshold in [None] + thresholds:
-            if threshold is None:
-                after, locality = chat_scores(editor.model, tok, facts, length, system), measure_locality(editor.model, tok, reference)
-            else:
-                with gated(modules, changes, threshold):
-                    after = chat_scores(editor.model, tok, facts, length, system)
-                    locality = measure_locality(editor.model, tok, reference)
-            rows.append({"threshold": threshold, "after": after.to_json(), "locality": locality.to_json()})
-            print(f"threshold {threshold}: answers {after.answered}/{after.questions}, rephrasings "
+        for kind, threshold, gate in gates:
+            with gate():
+                after = chat_scores(editor.model, tok, facts, length, system)
+                locality = measure_locality(editor.model, tok, reference)
+            rows.append({"gate": kind, "threshold": threshold, "after": after.to_json(),
+                         "locality": locality.to_json()})
+            print(f"gate {kind} {threshold}: answers {after.answered}/{after.questions}, rephrasings "
                   f"{after.rephrased}/{after.rephrasings}, agreement {locality.agreement:.3f}, kept "
                   f"{locality.kept}/{locality.questions}", flush=True)
     write_json(args.out, {
@@ -86,6 +133,8 @@ def main() -> None:
         "covariance": dataclasses.asdict(config.covariance), "environment": started_in,
         "general_questions": args.general_questions, "max_new_tokens": length,
         "change_ratios": {kind: {layer: summary(found, layer) for layer in layers} for kind, found in ratio_rows.items()},
+        "edit_change_ratios": {kind: {layer: summary(found, layer) for layer in layers}
+                               for kind, found in edit_ratio_rows.items()},
         "rows": rows,
     })
 

@@ -4,7 +4,7 @@ dropped elsewhere, and gone after its block."""
 import pytest
 import torch
 
-from assistant.editing.gate import change_ratio, gate_change, gated
+from assistant.editing.gate import change_ratio, edit_gate_change, gate_change, gated, gated_by_edit
 
 
 def test_change_ratio_and_gate_on_hand_made_outputs():
@@ -39,6 +39,52 @@ def test_gated_layer_keeps_the_edited_key_and_answers_others_unedited():
     assert not torch.allclose(ungated[0, 1], unedited[0, 1], atol=1e-6)
     assert list(ratios) == [7] and ratios[7][0] > 0.5
     assert torch.equal(layer(keys), ungated)                        # the hook is gone after the block
+
+
+def test_the_gate_edit_by_edit_drops_spill_over_that_only_adds_up():
+    """Eight edits each move an unrelated key by 0.1 of its output, together by 0.8: the gate on
+    the sum passes it at 0.4, the gate edit by edit does not; an edited key keeps its own
+    edit's term and drops the others' small ones."""
+    d_in, n = 8, 8
+    M = torch.eye(d_in)[:, :n]                                       # edit j reads coordinate j
+    R = torch.zeros(3, n)
+    R[0] = 1.0                                                       # every edit pushes output 0
+    base = torch.tensor([[10.0, 0.0, 0.0], [10.0, 0.0, 0.0]])        # unedited outputs of norm 10
+    unrelated = torch.full((d_in,), 1.0)                             # each edit's term: 1 = 0.1 of 10
+    edited = torch.tensor([9.0] + [0.5] * (d_in - 1))                # edit 0: 0.9 of 10, the rest 0.05 each
+    keys = torch.stack([unrelated, edited])
+    whole = (keys @ M) @ R.T
+    assert change_ratio(base, base + whole).tolist() == pytest.approx([0.8, 1.25])
+    assert torch.equal(gate_change(base, base + whole, 0.4), base + whole)    # the sum passes both
+    sizes: list[float] = []
+    by_edit = edit_gate_change(keys, base, M, R, 0.4, sizes)
+    assert by_edit[0].tolist() == [0.0, 0.0, 0.0]                     # no single edit is large there
+    assert by_edit[1].tolist() == pytest.approx([9.0, 0.0, 0.0])     # only edit 0's own term
+    assert sizes == [pytest.approx(0.9)]
+    assert torch.allclose(edit_gate_change(keys, base, M, R, 0.0), whole)      # threshold 0: the whole change
+
+
+def test_gated_by_edit_on_a_layer_takes_the_change_out_and_puts_kept_terms_back():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.bias.fill_(1.0)
+    W0 = layer.weight.detach().clone()
+    M = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.1], [0.0, 0.0]])    # two edits, reading k0 and k2
+    R = torch.tensor([[2.0, 1.0], [-1.0, 1.0], [3.0, 1.0]])
+    with torch.no_grad():
+        layer.weight.add_(R @ M.T)
+    keys = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.5]]])    # edit 0's key; a key edit 1 grazes
+    unedited = keys @ W0.T + layer.bias
+    sizes: dict[int, list[float]] = {}
+    with gated_by_edit({5: layer}, {5: (M, R)}, threshold=0.5, sizes=sizes):
+        out = layer(keys)
+    assert torch.allclose(out[0, 0], unedited[0, 0] + R[:, 0])         # edit 0 kept in full
+    assert torch.allclose(out[0, 1], unedited[0, 1], atol=1e-6)        # edit 1's small term dropped
+    assert list(sizes) == [5] and sizes[5][0] > 0.5
+    with gated_by_edit({5: layer}, {5: (M, R)}, threshold=0.0):
+        assert torch.allclose(layer(keys), keys @ (W0 + R @ M.T).T + layer.bias, atol=1e-6)
+    assert torch.allclose(layer(keys), keys @ (W0 + R @ M.T).T + layer.bias, atol=1e-6)   # hook gone
 
 
 def logits(model, tokenizer, text: str) -> torch.Tensor:

@@ -32,6 +32,45 @@ def gate_change(base: torch.Tensor, edited: torch.Tensor, threshold: float) -> t
     return torch.where(keep, edited, base)
 
 
+def edit_gate_change(keys: torch.Tensor, base: torch.Tensor, M: torch.Tensor, R: torch.Tensor,
+                     threshold: float, sizes: list[float] | None = None) -> torch.Tensor:
+    """The gated change of a layer gated edit by edit. With Delta = R M^T (D4S: M = A^-1 K for the
+    gated edits' keys K (d_in, n) and residuals R (d_out, n)), a key k gets sum_j r_j (m_j . k);
+    each column's term is kept only where its size |m_j . k| ||r_j|| exceeds ``threshold`` of the
+    unedited output's norm, so unrelated keys do not collect the spill-over of every edit.
+    ``keys`` (..., d_in), ``base`` (..., d_out); returns (..., d_out). ``sizes``, when given,
+    collects the call's largest column ratio (to choose the threshold)."""
+    coefficients = keys @ M.to(keys.dtype)                               # (..., n)
+    ratios = coefficients.abs() * R.norm(dim=0).to(keys.dtype) / base.norm(dim=-1, keepdim=True).clamp_min(
+        torch.finfo(base.dtype).tiny)
+    if sizes is not None and ratios.numel():
+        sizes.append(ratios.max().item())
+    return (coefficients * (ratios > threshold)) @ R.T.to(keys.dtype)
+
+
+@contextmanager
+def gated_by_edit(modules: dict[int, torch.nn.Module], columns: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                  threshold: float, sizes: dict[int, list[float]] | None = None) -> Iterator[None]:
+    """``gated`` edit by edit: ``columns`` holds each layer's (M, R) with Delta_gated = R M^T
+    (``edit_gate_change``); the module's output must include that whole change, which the
+    hook takes out and puts back column by column."""
+    def hook_for(layer: int):
+        M, R = columns[layer]
+
+        def hook(_module, args, output):
+            keys = args[0]
+            base = output - (keys @ M.to(output.dtype)) @ R.T.to(output.dtype)
+            found = None if sizes is None else sizes.setdefault(layer, [])
+            return base + edit_gate_change(keys, base, M, R, threshold, found)
+        return hook
+    handles = [module.register_forward_hook(hook_for(layer)) for layer, module in modules.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextmanager
 def gated(modules: dict[int, torch.nn.Module], changes: dict[int, torch.Tensor], threshold: float,
           ratios: dict[int, list[float]] | None = None) -> Iterator[None]:
