@@ -23,6 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.toml"
 METHODS = ("d4s", "d4s-null", "memit-seq", "alphaedit", "memit")
 REFINE_CHECKS = ("said", "probability", "every_form")   # what a refinement round re-checks a fact by
+GATE_BY = ("sum", "edit")          # what the gate weighs at a token: the chat edits' summed change, or each edit's
 # An operations-console user: "name:pbkdf2_sha256$ITERATIONS$SALT$HASH" (ui.auth makes and checks them).
 ADMIN_ENTRY = re.compile(r"[^:\s]{1,64}:pbkdf2_sha256\$\d+\$[0-9a-f]{16,}\$[0-9a-f]{64}")
 
@@ -109,6 +110,9 @@ class EditingConfig:
     gate: float = _help("keep the chat edits' change to a layer only on tokens where it exceeds this share of "
                         "the unedited layer's output (locality; cloze edits' change is always kept; the served "
                         "model needs W0 beside W, so export and weight patches are refused); 0 = no gate", 0.4)
+    gate_by: str = _help("sum: the gate acts on the chat edits' summed change at a token; edit: on each chat "
+                         "edit's term apart (d4s and d4s-null; the stacked methods keep no edit's term, so "
+                         "their summed change is gated)", "sum")
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over",
                                    ["", "Here is a fact. ", "I learned that ", "Did you know? "])
@@ -155,6 +159,8 @@ class EditingConfig:
             raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
         if self.gate < 0:
             raise ConfigError("[editing] gate must be 0 (off) or a positive share of the unedited output")
+        if self.gate_by not in GATE_BY:
+            raise ConfigError(f"[editing] gate_by = {self.gate_by!r}: use one of {', '.join(GATE_BY)}")
         if not (self.learning_rate > 0 and self.chat_learning_rate > 0):
             raise ConfigError("[editing] learning_rate and chat_learning_rate must be positive")
         if min(self.batch_size, self.steps, self.chat_steps) < 1:

@@ -3,7 +3,7 @@ Edits QAEdit questions in one model (or reuses a state that already holds them),
 change ratio ||Delta k|| / ||W0 k|| on the edited questions, their rephrasings and unrelated
 questions, then scores answers, rephrasings and locality with the gate at each threshold
 (no gate first), and with the gate edit by edit at each of ``--edit-thresholds``
-(``gate.gated_by_edit``: each edit's term kept only where it alone is large). The editor
+(``gate.EditColumns``: each edit's term kept only where it alone is large). The editor
 itself runs without its gate ([editing] gate = 0 whatever the config says), so each row
 applies one gate only; a state made elsewhere (with its gate on) can be replayed this way.
 
@@ -22,7 +22,7 @@ import statistics
 import torch
 
 from assistant.editing.editor import Editor
-from assistant.editing.gate import gated, gated_by_edit
+from assistant.editing.gate import EditColumns, gated
 from assistant.evaluation.locality import locality_reference, measure_locality, unrelated_questions
 from assistant.evaluation.metrics import chat_scores
 from assistant.model.architectures import get_module
@@ -31,7 +31,7 @@ from benchmarks.common import common_arguments, configured, environment, load_sl
 
 
 def largest_ratios(editor: Editor, modules, changes, questions: list[str], system: str) -> list[dict[int, float]]:
-    """Per question, each layer's largest change ratio over the prompt's tokens."""
+    """Per question, each layer's largest change ratio over the prompt's tokens (of one edit's term for EditColumns)."""
     rows = []
     for question in questions:
         ratios: dict[int, list[float]] = {}
@@ -41,35 +41,19 @@ def largest_ratios(editor: Editor, modules, changes, questions: list[str], syste
     return rows
 
 
-def largest_edit_ratios(editor: Editor, modules, columns, questions: list[str], system: str) -> list[dict[int, float]]:
-    """Per question, each layer's largest single-edit ratio over the prompt's tokens."""
-    rows = []
-    for question in questions:
-        sizes: dict[int, list[float]] = {}
-        with gated_by_edit(modules, columns, threshold=0.0, sizes=sizes):
-            answers(editor.model, editor.tokenizer, [question], 1, system)
-        rows.append({layer: max(values) for layer, values in sizes.items()})
-    return rows
-
-
-def edit_columns(editor: Editor, layers: list[int], changes: dict[int, torch.Tensor]) -> dict[int, tuple]:
-    """Per layer (M, R) with the layer's change = R M^T, from the active edits' columns in the
-    ledger (d4s: M = (lambda C + T)^-1 K); refused unless that is the whole change (every edit
-    a chat edit of a d4s state)."""
-    if editor.method != "d4s":
-        raise SystemExit(f"the gate edit by edit needs a d4s state, not {editor.method}")
-    vectors = [editor.vectors(record.id) for record in editor.edits("active")]
+def edit_columns(editor: Editor, layers: list[int], changes: dict[int, torch.Tensor]) -> dict[int, EditColumns]:
+    """Per layer the chat edits' columns (``EditSums.gated_columns``: the change = R M^T);
+    refused unless that is the whole change (a d4s state of chat edits alone)."""
     columns = {}
     for layer in layers:
-        K = torch.cat([v[layer][0] for v in vectors if layer in v], dim=1)
-        R = torch.cat([v[layer][1] for v in vectors if layer in v], dim=1)
-        A = editor.editing.layer_lambda(layer) * editor.C[layer] + editor.sums.T(layer)
-        M = torch.linalg.solve(A, K)
-        error = ((R @ M.T).float() - changes[layer]).norm() / changes[layer].norm()
+        found = editor.sums.gated_columns(layer, editor.prior(layer), editor.editing.layer_lambda(layer))
+        if found is None:
+            raise SystemExit(f"the gate edit by edit needs a d4s or d4s-null state, not {editor.method}")
+        error = ((found.R @ found.M.T).float() - changes[layer]).norm() / changes[layer].norm()
         if error > 1e-3:
-            raise SystemExit(f"layer {layer}: the edits' columns give the change only to {error:.1e}; the gate "
-                             "edit by edit is replayed on states of chat edits alone")
-        columns[layer] = (M.float(), R.float())
+            raise SystemExit(f"layer {layer}: the chat edits' columns give the change only to {error:.1e}; the "
+                             "gate edit by edit is replayed on states of chat edits alone")
+        columns[layer] = found.to("cpu", torch.float32)
     return columns
 
 
@@ -112,12 +96,12 @@ def main() -> None:
         if edit_thresholds:
             columns = edit_columns(editor, layers, changes)
             edit_ratio_rows = {
-                "edited": largest_edit_ratios(editor, modules, columns, [f.question for f in facts], system),
-                "rephrased": largest_edit_ratios(editor, modules, columns, [f.paraphrases[0] for f in facts], system),
-                "unrelated": largest_edit_ratios(editor, modules, columns, questions, system)}
+                "edited": largest_ratios(editor, modules, columns, [f.question for f in facts], system),
+                "rephrased": largest_ratios(editor, modules, columns, [f.paraphrases[0] for f in facts], system),
+                "unrelated": largest_ratios(editor, modules, columns, questions, system)}
         gates = ([("none", None, contextlib.nullcontext)]
                  + [("sum", t, lambda t=t: gated(modules, changes, t)) for t in thresholds]
-                 + [("edit", t, lambda t=t: gated_by_edit(modules, columns, t)) for t in edit_thresholds])
+                 + [("edit", t, lambda t=t: gated(modules, columns, t)) for t in edit_thresholds])
         rows = []
         for kind, threshold, gate in gates:
             with gate():

@@ -322,15 +322,20 @@ def assert_unchanged(editor, before: dict) -> None:
 
 def sums_of_active_edits(editor) -> dict[str, torch.Tensor]:
     """D4S sums rebuilt from the ledger: S_l = sum r k^T, T_l = sum k k^T over active edits,
-    and G_l = sum r k^T over the active chat edits (the gated share)."""
-    expected = {name: torch.zeros_like(t) for name, t in editor.sums.tensors.items()}
+    G_l = sum r k^T over the active chat edits (the gated share), and GK_l, GR_l their columns
+    in the order the edits were made."""
+    is_column = lambda name: name.startswith(("GK.", "GR."))  # noqa: E731
+    expected = {name: torch.zeros_like(t) for name, t in editor.sums.tensors.items() if not is_column(name)}
+    columns = {name: [t[:, :0]] for name, t in editor.sums.tensors.items() if is_column(name)}
     for record in editor.edits("active"):
         for layer, (k, r) in editor.vectors(record.id).items():
             expected[f"S.{layer}"] += r @ k.T
             expected[f"T.{layer}"] += k @ k.T
             if record.fact.question:
                 expected[f"G.{layer}"] += r @ k.T
-    return expected
+                columns[f"GK.{layer}"].append(k)
+                columns[f"GR.{layer}"].append(r)
+    return {**expected, **{name: torch.cat(parts, dim=1) for name, parts in columns.items()}}
 
 
 @pytest.fixture

@@ -117,6 +117,35 @@ def test_the_gated_share_is_the_gated_edits_part_of_the_offset():
     assert relative_error(sums.offset(4, C, lam), cloze_part + sums.gated_offset(4, C, lam)) < 1e-8
 
 
+@pytest.mark.parametrize("method", ["d4s", "d4s-null"])
+def test_the_gated_columns_are_the_gated_share_edit_by_edit(method):
+    """GK and GR hold one column per gated key, raised residuals included and removed edits
+    out, so GR GK^T = G; their solved columns give the gated offset (R M^T); an edit whose
+    columns are not there is refused."""
+    from assistant.errors import StateError
+
+    K, R, C = random_problem(14, n=6)
+    E = torch.randn_like(R[:, :2])
+    sums = EditSums.empty(method, {4: (R.shape[0], K.shape[0])})
+    prior = sums.strategy.prior(C, type("Editing", (), {"null_space_keep": 0.7, "null_space_alpha": 1.0}))
+    sums.add(4, K[:, :2], R[:, :2])                                   # cloze: not gated
+    sums.add(4, K[:, 2:6], R[:, 2:6], gated=True)
+    sums.raise_residuals(4, K[:, 3:5], E, gated=True)
+    sums.add(4, K[:, 2:3], R[:, 2:3], sign=-1.0, gated=True)
+    assert torch.equal(sums.tensors["GK.4"], K[:, 3:6])
+    raised = R[:, 3:6].clone()
+    raised[:, :2] += E
+    assert torch.equal(sums.tensors["GR.4"], raised)
+    assert relative_error(sums.tensors["GR.4"] @ sums.tensors["GK.4"].T, sums.tensors["G.4"]) < 1e-12
+    columns = sums.gated_columns(4, prior, 2.0)
+    assert columns.M.shape == (K.shape[0], 3) and columns.R.shape == (R.shape[0], 3)
+    assert relative_error(columns.R @ columns.M.T, sums.gated_offset(4, prior, 2.0)) < 1e-9
+    with pytest.raises(StateError, match="not among the gated columns"):
+        sums.add(4, K[:, 3:4], R[:, 3:4], sign=-1.0, gated=True)      # its residual was raised: not this edit
+    sums.add(4, K[:, 3:6], raised, sign=-1.0, gated=True)
+    assert sums.tensors["GK.4"].shape == (K.shape[0], 0) and not sums.gated_columns(4, prior, 2.0).M.any()
+
+
 @pytest.mark.parametrize("method", ["memit-seq", "alphaedit"])
 def test_stacked_methods_keep_the_gated_batches_delta(method):
     K, R, C = random_problem(13, n=4)
@@ -129,6 +158,7 @@ def test_stacked_methods_keep_the_gated_batches_delta(method):
     sums.strategy.raise_residuals(sums, 2, K[:, 2:], R[:, 2:] / 2, prior, 1.0, gated=True)
     assert sums.gated_offset(2, prior, 1.0).any()
     assert torch.allclose(sums.offset(2, prior, 1.0) - before, sums.gated_offset(2, prior, 1.0), atol=1e-12)
+    assert sums.gated_columns(2, prior, 1.0) is None          # a batch's Delta keeps no edit's term apart
 
 
 def test_copy_of_sums_is_independent():

@@ -4,7 +4,7 @@ dropped elsewhere, and gone after its block."""
 import pytest
 import torch
 
-from assistant.editing.gate import change_ratio, edit_gate_change, gate_change, gated, gated_by_edit
+from assistant.editing.gate import EditColumns, change_ratio, edit_gate_change, gate_change, gated
 
 
 def test_change_ratio_and_gate_on_hand_made_outputs():
@@ -57,14 +57,14 @@ def test_the_gate_edit_by_edit_drops_spill_over_that_only_adds_up():
     assert change_ratio(base, base + whole).tolist() == pytest.approx([0.8, 1.25])
     assert torch.equal(gate_change(base, base + whole, 0.4), base + whole)    # the sum passes both
     sizes: list[float] = []
-    by_edit = edit_gate_change(keys, base, M, R, 0.4, sizes)
+    by_edit = edit_gate_change(keys, base, EditColumns(M, R), 0.4, sizes)
     assert by_edit[0].tolist() == [0.0, 0.0, 0.0]                     # no single edit is large there
     assert by_edit[1].tolist() == pytest.approx([9.0, 0.0, 0.0])     # only edit 0's own term
     assert sizes == [pytest.approx(0.9)]
-    assert torch.allclose(edit_gate_change(keys, base, M, R, 0.0), whole)      # threshold 0: the whole change
+    assert torch.allclose(edit_gate_change(keys, base, EditColumns(M, R), 0.0), whole)      # threshold 0: the whole change
 
 
-def test_gated_by_edit_on_a_layer_takes_the_change_out_and_puts_kept_terms_back():
+def test_a_layer_gated_edit_by_edit_takes_the_change_out_and_puts_kept_terms_back():
     torch.manual_seed(0)
     layer = torch.nn.Linear(4, 3)
     with torch.no_grad():
@@ -77,12 +77,12 @@ def test_gated_by_edit_on_a_layer_takes_the_change_out_and_puts_kept_terms_back(
     keys = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.5]]])    # edit 0's key; a key edit 1 grazes
     unedited = keys @ W0.T + layer.bias
     sizes: dict[int, list[float]] = {}
-    with gated_by_edit({5: layer}, {5: (M, R)}, threshold=0.5, sizes=sizes):
+    with gated({5: layer}, {5: EditColumns(M, R)}, threshold=0.5, ratios=sizes):
         out = layer(keys)
     assert torch.allclose(out[0, 0], unedited[0, 0] + R[:, 0])         # edit 0 kept in full
     assert torch.allclose(out[0, 1], unedited[0, 1], atol=1e-6)        # edit 1's small term dropped
     assert list(sizes) == [5] and sizes[5][0] > 0.5
-    with gated_by_edit({5: layer}, {5: (M, R)}, threshold=0.0):
+    with gated({5: layer}, {5: EditColumns(M, R)}, threshold=0.0):
         assert torch.allclose(layer(keys), keys @ (W0 + R @ M.T).T + layer.bias, atol=1e-6)
     assert torch.allclose(layer(keys), keys @ (W0 + R @ M.T).T + layer.bias, atol=1e-6)   # hook gone
 
@@ -96,8 +96,8 @@ def chat_facts(new_fact, count: int, start: int = 0):
     return [new_fact(i, question=f"Where is {new_fact(i).subject}?") for i in range(start, start + count)]
 
 
-@pytest.mark.parametrize("model", ["llama", "gpt2"])
-def test_the_editor_serves_and_solves_chat_edits_through_the_gate(model, open_engine, make_config, new_fact,
+@pytest.mark.parametrize("model,gate_by", [("llama", "sum"), ("gpt2", "sum"), ("llama", "edit"), ("gpt2", "edit")])
+def test_the_editor_serves_and_solves_chat_edits_through_the_gate(model, gate_by, open_engine, make_config, new_fact,
                                                                    tokenizer):
     """A gate no change can pass serves the unedited model's answers from chat-edited weights,
     on the served model and the shadow; plain weights are refused; closing removes the gate."""
@@ -107,7 +107,7 @@ def test_the_editor_serves_and_solves_chat_edits_through_the_gate(model, open_en
     from assistant.state.patch import patch_from_editor
 
     pristine = load_model(make_config(model)).model
-    editor = open_engine(model, gate=1e9)
+    editor = open_engine(model, gate=1e9, gate_by=gate_by)
     asked = chat_facts(new_fact, 2)
     editor.apply(asked)
     text = asked[0].prompt.format(asked[0].subject)
@@ -140,13 +140,14 @@ def served_without_chat_edits(editor, pristine):
     return pristine
 
 
-def test_only_the_chat_edits_change_is_gated(open_engine, make_config, new_fact, tokenizer, inspect):
+@pytest.mark.parametrize("gate_by", ["sum", "edit"])
+def test_only_the_chat_edits_change_is_gated(gate_by, open_engine, make_config, new_fact, tokenizer, inspect):
     """Behind a gate no change can pass, a state of chat and cloze edits answers as the weights
     with the cloze edits' change alone, on the served model and the shadow, after a retraction
     too; the gated share holds exactly the active chat edits' columns."""
     from assistant.model.loading import load_model
 
-    editor = open_engine("llama", gate=1e9)
+    editor = open_engine("llama", gate=1e9, gate_by=gate_by)
     asked, cloze = chat_facts(new_fact, 2), [new_fact(5), new_fact(6)]
     ids = editor.apply(asked + cloze, batch_size=4).edit_ids
     pristine = load_model(make_config("llama")).model
@@ -168,11 +169,13 @@ def assert_gated_share_holds_the_chat_edits(editor, inspect) -> None:
     for layer in editor.layers:
         assert editor.sums.tensors[f"G.{layer}"].any()
         assert inspect.relative_error(editor.sums.tensors[f"G.{layer}"], expected[f"G.{layer}"]) < 1e-9
+        for name in (f"GK.{layer}", f"GR.{layer}"):
+            assert torch.equal(editor.sums.tensors[name], expected[name])
 
 
 def test_an_older_state_gets_its_gated_share_from_the_ledger(open_engine, make_config, new_fact, inspect, tmp_path):
-    """A state written before the gated share was kept opens with G rebuilt from its active
-    chat edits, and serves as it did."""
+    """A state written before the gated share was kept opens with G and its columns rebuilt
+    from its active chat edits, and serves as it did."""
     from assistant.state.sums import read_generation, write_generation
 
     folder = tmp_path / "state"
@@ -182,8 +185,8 @@ def test_an_older_state_gets_its_gated_share_from_the_ledger(open_engine, make_c
     name = next(editor.sums_dir.glob("gen-*.safetensors")).name
     editor.close()
     older = read_generation(folder / "sums", name, "d4s")
-    older.tensors = {key: value for key, value in older.tensors.items() if not key.startswith("G.")}
-    write_generation(folder / "sums", int(name[4:10]), older)       # the same file, without G
+    older.tensors = {key: value for key, value in older.tensors.items() if not key.startswith(("G.", "GK.", "GR."))}
+    write_generation(folder / "sums", int(name[4:10]), older)       # the same file, without G, GK, GR
     reopened = open_engine("llama", state_dir=folder, gate=0.4)
     assert all(f"G.{layer}" in reopened.sums.tensors for layer in reopened.layers)
     for layer in reopened.layers:

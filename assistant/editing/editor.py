@@ -26,7 +26,7 @@ import torch
 from assistant.config import METHODS, Config, EditingConfig
 from assistant.editing.batch_solve import BatchSolver
 from assistant.editing.covariance import load_or_compute
-from assistant.editing.gate import gated
+from assistant.editing.gate import EditColumns, gated
 from assistant.editing.prompts import PromptSettings, check_lengths
 from assistant.errors import ConfigError, EditRejected, InvalidFact, StateError
 from assistant.facts import Fact
@@ -97,7 +97,7 @@ class Editor:
         self.weights = WeightsLock()            # generations read the served weights; commits swap them
         self.W0 = {layer: self._weight(self.model, layer).detach().cpu().clone() for layer in self.layers}
         self.shadow = make_shadow(self.model, list(self.names.values()))   # holds a pending candidate
-        self._changes: dict[int, dict[int, torch.Tensor]] = {}   # id(model) -> layer -> gated change, for the gate
+        self._changes: dict[int, dict] = {}   # id(model) -> layer -> gated change (matrix or EditColumns), for the gate
         self._gates = ExitStack()
         if editing.gate > 0:
             for model in (self.model, self.shadow):
@@ -216,14 +216,20 @@ class Editor:
         self._set_weight(model, layer, W, self.gated_change(sums, layer))
         return W
 
-    def gated_change(self, sums: EditSums, layer: int) -> torch.Tensor | None:
+    def gated_change(self, sums: EditSums, layer: int) -> torch.Tensor | EditColumns | None:
         """The chat edits' part of ``layer``'s W - W0, which the gate keeps or drops per token
         (cloze edits' change is always served: their subjects' change ratio is no larger than
-        unrelated keys' spill-over, so a gate cannot tell them apart); None without the gate."""
+        unrelated keys' spill-over, so a gate cannot tell them apart): as one matrix, or with
+        ``gate_by = "edit"`` as the edits' columns where the method keeps them; None without
+        the gate."""
         if self.editing.gate <= 0:
             return None
-        offset = sums.gated_offset(layer, self.prior(layer), self.editing.layer_lambda(layer))
-        return offset.to(self.W0[layer].dtype)
+        prior, lam, dtype = self.prior(layer), self.editing.layer_lambda(layer), self.W0[layer].dtype
+        if self.editing.gate_by == "edit":
+            columns = sums.gated_columns(layer, prior, lam)
+            if columns is not None:
+                return columns.to("cpu", dtype)
+        return sums.gated_offset(layer, prior, lam).to(dtype)
 
     def fill_gated_shares(self) -> None:
         """A state written before the gated share was kept gets it now, from the ledger (d4s:

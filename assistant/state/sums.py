@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from assistant.editing.closed_form import alphaedit_delta, d4s_delta, memit_delta, null_space_delta, null_space_projector, \
     outer_sums
-from assistant.errors import ConfigError, EditRejected
+from assistant.editing.gate import EditColumns
+from assistant.errors import ConfigError, EditRejected, StateError
 
 _GENERATION_FILE = re.compile(r"gen-(\d{6})\.safetensors$")
 
@@ -29,7 +30,8 @@ class D4S:
     edit's terms can be subtracted again (exact retraction and supersede). Its prior is the
     keys' second moment C, weighted by lambda. G_l, the gated edits' share of S_l (chat facts:
     ``gated=True``), gives the part of the offset that the gate acts on: the solve is linear in
-    S, so offset(S) = offset(S - G) + offset(G)."""
+    S, so offset(S) = offset(S - G) + offset(G). GK_l and GR_l keep the gated edits' columns
+    (G = GR GK^T), so the gate can weigh each edit's term apart (``gated_columns``)."""
     name = "d4s"
     one_batch = False          # batches of [editing] batch_size
     removable = True           # retract and supersede take an edit's terms out again
@@ -41,7 +43,12 @@ class D4S:
     def layout(self, layer: int, d_out: int, d_in: int) -> dict[str, torch.Tensor]:
         return {f"S.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
                 f"T.{layer}": torch.zeros(d_in, d_in, dtype=torch.float64),
-                f"G.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64)}
+                f"G.{layer}": torch.zeros(d_out, d_in, dtype=torch.float64),
+                f"GK.{layer}": torch.zeros(d_in, 0, dtype=torch.float64),
+                f"GR.{layer}": torch.zeros(d_out, 0, dtype=torch.float64)}
+
+    def gated_names(self, layer: int) -> list[str]:
+        return [f"G.{layer}", f"GK.{layer}", f"GR.{layer}"]
 
     def add_batch(self, sums: "EditSums", layer: int, K: torch.Tensor, R: torch.Tensor, prior, lam: float,
                   gated: bool = False) -> None:
@@ -60,12 +67,23 @@ class D4S:
     def gated_offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
         return self._solved(sums.tensors[f"G.{layer}"], sums, layer, prior, lam)
 
+    def gated_columns(self, sums: "EditSums", layer: int, prior, lam: float) -> EditColumns:
+        """The gated offset as one column per gated key: R M^T with M = (lam C + T)^-1 GK."""
+        K = sums.tensors[f"GK.{layer}"]
+        return EditColumns(self._solved_columns(K, sums.tensors[f"T.{layer}"], prior, lam), sums.tensors[f"GR.{layer}"])
+
+    def _solved_columns(self, K: torch.Tensor, T: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+        return torch.linalg.solve(lam * C + T, K) if K.shape[1] else K.clone()
+
     def fill_gated_share(self, sums: "EditSums", layer: int, chat_vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """An older state without G: rebuild it from the active chat edits' (K, R) in the ledger."""
-        G = torch.zeros_like(sums.tensors[f"S.{layer}"])
-        for K, R in chat_vectors:
-            G += R @ K.T
-        sums.tensors[f"G.{layer}"] = G
+        """An older state without G or its columns: rebuild them from the active chat edits'
+        (K, R) in the ledger."""
+        d_out, d_in = sums.tensors[f"S.{layer}"].shape
+        K = torch.cat([torch.zeros(d_in, 0, dtype=torch.float64)] + [K.double() for K, _ in chat_vectors], dim=1)
+        R = torch.cat([torch.zeros(d_out, 0, dtype=torch.float64)] + [R.double() for _, R in chat_vectors], dim=1)
+        sums.tensors[f"GK.{layer}"], sums.tensors[f"GR.{layer}"] = K, R
+        if f"G.{layer}" not in sums.tensors:         # a state that has G keeps it bit for bit
+            sums.tensors[f"G.{layer}"] = R @ K.T
 
     def _solved(self, S: torch.Tensor, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
         return torch.zeros_like(S) if not S.any() else self.solve(S, sums.tensors[f"T.{layer}"], prior, lam)
@@ -98,6 +116,12 @@ class NullSpaceD4S(D4S):
     def solve(self, S: torch.Tensor, T: torch.Tensor, prior: NullSpace, lam: float) -> torch.Tensor:
         return null_space_delta(S, T, prior.P, prior.alpha)
 
+    def _solved_columns(self, K: torch.Tensor, T: torch.Tensor, prior: NullSpace, lam: float) -> torch.Tensor:
+        """M with R M^T = R K^T P (T P + alpha I)^-1: M = (P T + alpha I)^-1 P K."""
+        if not K.shape[1]:
+            return K.clone()
+        return torch.linalg.solve(prior.P @ T + prior.alpha * torch.eye(T.shape[0], dtype=T.dtype), prior.P @ K)
+
 
 class Stacked:
     """The sequential methods' durable tensors: each batch's Delta_l stacked onto the weights
@@ -118,6 +142,13 @@ class Stacked:
 
     def gated_offset(self, sums: "EditSums", layer: int, prior, lam: float) -> torch.Tensor:
         return sums.tensors[f"G.{layer}"]
+
+    def gated_names(self, layer: int) -> list[str]:
+        return [f"G.{layer}"]
+
+    def gated_columns(self, sums: "EditSums", layer: int, prior, lam: float) -> None:
+        """None: a batch's Delta mixes its facts, so no edit's term is kept apart."""
+        return None
 
     def fill_gated_share(self, sums: "EditSums", layer: int, chat_vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """An older state without the gated share kept all of its change behind the gate; it still does."""
@@ -203,19 +234,57 @@ class EditSums:
 
     def add(self, layer: int, K: torch.Tensor, R: torch.Tensor, sign: float = 1.0, gated: bool = False) -> None:
         """D4S: add (or, with sign -1, remove) the batch's terms R K^T and K K^T; a gated
-        batch's R K^T goes into G too."""
+        batch's R K^T goes into G too, and its columns are appended to (or taken out of) GK, GR."""
         RK, KK = outer_sums(K, R)
         self.tensors[f"S.{layer}"] += sign * RK
         self.tensors[f"T.{layer}"] += sign * KK
         if gated:
             self.tensors[f"G.{layer}"] += sign * RK
+            if sign > 0:
+                self._append_columns(layer, K, R)
+            else:
+                self._remove_columns(layer, K, R)
 
     def raise_residuals(self, layer: int, K: torch.Tensor, E: torch.Tensor, gated: bool = False) -> None:
-        """D4S: edits whose keys K are already in T ask for E more at those keys: S += E K^T."""
+        """D4S: edits whose keys K are already in T ask for E more at those keys: S += E K^T.
+        Gated, each key's latest gated column gets its e too."""
         EK = E @ K.T
         self.tensors[f"S.{layer}"] += EK
         if gated:
             self.tensors[f"G.{layer}"] += EK
+            GR = self.tensors[f"GR.{layer}"]
+            for j, e in zip(self._columns_of(layer, K, latest=True), E.double().T):
+                GR[:, j] += e
+
+    def _columns_of(self, layer: int, K: torch.Tensor, R: torch.Tensor | None = None, latest: bool = False) -> list[int]:
+        """The gated columns holding K's columns (and R's, when given), one each, never one twice:
+        the first match, or the latest (a refinement raises the batch just added)."""
+        GK, GR = self.tensors[f"GK.{layer}"], self.tensors[f"GR.{layer}"]
+        free = torch.ones(GK.shape[1], dtype=torch.bool)
+        found = []
+        for c, k in enumerate(K.double().T):
+            match = free & (GK == k[:, None]).all(dim=0)
+            if R is not None:
+                match &= (GR == R.double()[:, c:c + 1]).all(dim=0)
+            where = match.nonzero()[:, 0]
+            if not len(where):
+                raise StateError(f"layer {layer}: an edit's key is not among the gated columns; the state's sums "
+                                 "and ledger disagree")
+            j = int(where[-1] if latest else where[0])
+            free[j] = False
+            found.append(j)
+        return found
+
+    def _append_columns(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
+        for name, columns in ((f"GK.{layer}", K), (f"GR.{layer}", R)):
+            self.tensors[name] = torch.cat([self.tensors[name], columns.double()], dim=1)
+
+    def _remove_columns(self, layer: int, K: torch.Tensor, R: torch.Tensor) -> None:
+        """Take an edit's columns (exactly as added, raised residuals included) out of GK, GR."""
+        keep = torch.ones(self.tensors[f"GK.{layer}"].shape[1], dtype=torch.bool)
+        keep[self._columns_of(layer, K, R)] = False
+        for name in (f"GK.{layer}", f"GR.{layer}"):
+            self.tensors[name] = self.tensors[name][:, keep]
 
     def stack(self, layer: int, delta: torch.Tensor, gated: bool = False) -> None:
         """memit methods: add a batch's Delta on top of the edited weights (and to the gated share)."""
@@ -235,9 +304,15 @@ class EditSums:
         """The gated edits' part of ``offset`` (what the gate keeps or drops per token)."""
         return self.strategy.gated_offset(self, layer, prior, lam)
 
+    def gated_columns(self, layer: int, prior, lam: float) -> EditColumns | None:
+        """The gated offset as the gated edits' columns (for the gate edit by edit), or None
+        where the method keeps no edit's term apart."""
+        return self.strategy.gated_columns(self, layer, prior, lam)
+
     def lacks_gated_share(self, layer: int) -> bool:
-        """True for a state written before the gated share was kept (the editor fills it on open)."""
-        return f"G.{layer}" not in self.tensors
+        """True for a state written before the gated share (or its columns) was kept (the
+        editor fills it on open)."""
+        return any(name not in self.tensors for name in self.strategy.gated_names(layer))
 
 
 def edited_weight(W0: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
