@@ -27,7 +27,7 @@ from assistant.evaluation.locality import locality_reference, measure_locality, 
 from assistant.evaluation.metrics import chat_scores
 from assistant.model.architectures import get_module
 from assistant.model.chat import answers
-from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
+from benchmarks.common import configured, environment, load_slice, one_batch_arguments, write_json
 
 
 def largest_ratios(editor: Editor, modules, changes, questions: list[str], system: str) -> list[dict[int, float]]:
@@ -64,17 +64,15 @@ def summary(rows: list[dict[int, float]], layer: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--start", type=int, default=100)
-    parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--thresholds", default="0.25,0.4,0.55")
     parser.add_argument("--edit-thresholds", default="", help="thresholds of the gate edit by edit (none: not run)")
     parser.add_argument("--general-questions", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    common_arguments(parser)
+    one_batch_arguments(parser)
     args = parser.parse_args()
     config = configured(args.set).replace("editing", gate=0.0)     # the rows install their own gate
     started_in = environment()
-    facts = load_slice(config, "qaedit", args.start, args.count)
+    facts = load_slice(config, args.data, args.start, args.count)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     edit_thresholds = [float(t) for t in args.edit_thresholds.split(",") if t]
     with Editor.open(config, state_dir=args.state_dir) as editor:
@@ -83,8 +81,9 @@ def main() -> None:
         with editor.unedited() as unedited:
             reference = locality_reference(unedited, tok, questions, length, system)
         edited = {record.fact.id for record in editor.edits("active")}
-        if not all(f.id in edited for f in facts):
-            editor.apply([f for f in facts if f.id not in edited])
+        missing = [f for f in facts if f.id not in edited]
+        if missing:
+            editor.apply(missing)
         current = editor.current_weights()
         layers = [layer for layer in editor.layers if not current[layer].equal(editor.W0[layer])]
         modules = {layer: get_module(editor.model, editor.names[layer]) for layer in layers}
@@ -113,9 +112,10 @@ def main() -> None:
                   f"{after.rephrased}/{after.rephrasings}, agreement {locality.agreement:.3f}, kept "
                   f"{locality.kept}/{locality.questions}", flush=True)
     write_json(args.out, {
-        "data": "qaedit", "start": args.start, "count": len(facts), "config": dataclasses.asdict(config.editing),
+        "data": args.data, "start": args.start, "count": len(facts), "config": dataclasses.asdict(config.editing),
         "covariance": dataclasses.asdict(config.covariance), "environment": started_in,
         "general_questions": args.general_questions, "max_new_tokens": length,
+        "edited_here": len(missing), "state_dir": args.state_dir,
         "change_ratios": {kind: {layer: summary(found, layer) for layer in layers} for kind, found in ratio_rows.items()},
         "edit_change_ratios": {kind: {layer: summary(found, layer) for layer in layers}
                                for kind, found in edit_ratio_rows.items()},

@@ -3,7 +3,7 @@
 import json
 import sys
 
-from benchmarks import target_convergence, target_speed
+from benchmarks import gated_locality, target_convergence, target_speed
 from benchmarks.target_convergence import passed_at_step
 from tests.conftest import write_config_toml
 
@@ -46,3 +46,20 @@ def test_target_speed_times_the_three_ways_and_counts_the_padding(make_config, m
     assert result["suffix_tokens"] <= padded["by_width"] <= padded["one_pass"]     # a pass costs 64 tokens here
     assert padded["one_pass"] % result["rows"] == 0 and padded["one_pass"] > result["suffix_tokens"]
     assert result["passes_by_width"] >= 1
+
+
+def test_gated_locality_replays_both_gates_on_the_edited_state(make_config, monkeypatch, tmp_path):
+    """It edits the facts, then scores no gate, the summed gate and the gate edit by edit; the
+    edits' columns give the state's change (else it refuses), and a threshold no term reaches
+    scores as the unedited model (agreement 1)."""
+    config = make_config("llama", gate=0.4, gate_by="edit")
+    monkeypatch.setenv("LIVEDIT_CONFIG", write_config_toml(tmp_path / "config.toml", config))
+    result = _run(gated_locality, monkeypatch, tmp_path, "gated", "zsre", "--thresholds", "0.4",
+                  "--edit-thresholds", "0.4,1e9", "--general-questions", "2", "--max-new-tokens", "4")
+    assert [(row["gate"], row["threshold"]) for row in result["rows"]] == [
+        ("none", None), ("sum", 0.4), ("edit", 0.4), ("edit", 1e9)]
+    assert result["edited_here"] == 3 and result["config"]["gate"] == 0.0       # the rows apply their own gate
+    assert result["rows"][-1]["locality"]["agreement"] == 1.0
+    assert set(result["edit_change_ratios"]) == {"edited", "rephrased", "unrelated"}
+    for kind, layers in result["edit_change_ratios"].items():       # each kind saw some edit's term
+        assert all(found["max"] > 0 for found in layers.values())
