@@ -76,6 +76,7 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"refine_check": "maybe"}}, "refine_check"),
     ({"editing": {"chat_refine_check": "said it"}}, "chat_refine_check"),
     ({"editing": {"gate": -0.1}}, "gate"),
+    ({"editing": {"gate_by": "token"}}, "gate_by"),
     ({"editing": {"layer_mom2_factors": {"first": 0.5}}}, "layer_mom2_factors"),
     ({"editing": {"layer_mom2_factors": {"3": 0}}}, "positive"),
     ({"editing": {"layer_mom2_factors": {"3": "half"}}}, "positive"),
