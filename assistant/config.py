@@ -92,7 +92,7 @@ class EditingConfig:
                         "null space) or memit", "d4s")
     layers: list = _help("edited layer indices, ascending", [3, 4, 5, 6, 7])
     chat_layers: list = _help("edited layer indices for facts that carry a question (chat edits), "
-                              "ascending; [] = the same as layers", [6, 7, 8, 9, 10])
+                              "ascending; [] = the same as layers", [6, 7, 8, 9, 10, 11, 12, 13])
     mom2_weight: float = _help("lambda: weight of the covariance term, for facts without a question "
                                "(cloze facts)", 2250.0)
     chat_mom2_weight: float = _help("lambda for facts with a question (chat edits); both kinds share the "
@@ -109,10 +109,10 @@ class EditingConfig:
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
     gate: float = _help("keep the chat edits' change to a layer only on tokens where it exceeds this share of "
                         "the unedited layer's output (locality; cloze edits' change is always kept; the served "
-                        "model needs W0 beside W, so export and weight patches are refused); 0 = no gate", 0.4)
+                        "model needs W0 beside W, so export and weight patches are refused); 0 = no gate", 0.3)
     gate_by: str = _help("sum: the gate acts on the chat edits' summed change at a token; edit: on each chat "
                          "edit's term apart (d4s and d4s-null; the stacked methods keep no edit's term, so "
-                         "their summed change is gated)", "sum")
+                         "their summed change is gated)", "edit")
     batch_size: int = _help("facts per editing batch", 16)
     context_prefixes: list = _help("prefixes that keys and targets are averaged over",
                                    ["", "Here is a fact. ", "I learned that ", "Did you know? "])
