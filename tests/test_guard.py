@@ -181,3 +181,17 @@ def test_status_says_how_much_l1_room_is_left_at_the_recent_rate(open_engine, ne
     expected = edits_left(history, bound)
     assert expected == pytest.approx((bound - history[-1][1]) / ((history[-1][1] - history[0][1]) / 2))
     assert f"about {expected:.0f} more edit(s) at the recent rate" in capsys.readouterr().out
+
+
+def test_growth_split_separates_the_first_order_part_from_sign_flips():
+    from assistant.state.l1 import growth_split
+
+    W0 = torch.tensor([[1.0, -1.0], [0.1, -2.0]])                      # mean |W0| = 1.025
+    same_sign = growth_split(W0 + torch.tensor([[0.5, -0.5], [0.0, 0.0]]), W0)
+    assert same_sign["growth"] == pytest.approx(0.25 / 1.025) == pytest.approx(same_sign["first_order"])
+    assert same_sign["sign_flips"] == pytest.approx(0.0, abs=1e-12)
+    flipped = growth_split(W0 + torch.tensor([[0.0, 0.0], [-0.3, 0.0]]), W0)   # 0.1 -> -0.2
+    assert flipped["first_order"] == pytest.approx(-0.3 / 4 / 1.025)
+    assert flipped["growth"] == pytest.approx(0.1 / 4 / 1.025)
+    assert flipped["sign_flips"] == pytest.approx(0.4 / 4 / 1.025)
+    assert flipped["rms_delta"] == pytest.approx(0.15) and flipped["mean_abs_w0"] == pytest.approx(1.025)

@@ -22,6 +22,19 @@ def layer_norms(layer: int, W: torch.Tensor, W0: torch.Tensor) -> LayerNorms:
     return LayerNorms(layer, current, current / base - 1.0, (W - W0).abs().mean().item())
 
 
+def growth_split(W: torch.Tensor, W0: torch.Tensor) -> dict[str, float]:
+    """L1 growth of W over W0, split into its first-order part mean(sign(W0) Delta) / mean|W0|
+    (exact wherever the change does not flip an entry's sign) and the rest, which comes from the
+    entries whose sign flips (second order in Delta for a change small against W0), with the
+    change's rms against mean|W0|."""
+    W, W0 = W.double(), W0.double()
+    delta, base = W - W0, W0.abs().mean()
+    growth = (W.abs().mean() / base - 1).item()
+    first = ((torch.sign(W0) * delta).mean() / base).item()
+    return {"growth": growth, "first_order": first, "sign_flips": growth - first,
+            "rms_delta": delta.pow(2).mean().sqrt().item(), "mean_abs_w0": base.item()}
+
+
 def edits_left(growth_history: list[tuple[int, float]], bound: float, recent: int = 5) -> float | None:
     """How many more edits fit under ``bound`` at the recent rate of L1 growth per edit.
 
