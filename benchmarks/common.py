@@ -44,6 +44,14 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="JSON results file")
 
 
+def started(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Config, dict]:
+    """(arguments, config, environment) of a script whose parser has ``common_arguments``: the
+    config set up by its --set overrides, and the environment recorded before anything runs."""
+    args = parser.parse_args()
+    config = configured(args.set)
+    return args, config, environment()
+
+
 def one_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """--data, --start and --count of a benchmark that studies one batch (the chat tuning slice by default)."""
     parser.add_argument("--data", default="qaedit")

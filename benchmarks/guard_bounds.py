@@ -19,7 +19,7 @@ import time
 from assistant.config import Config
 from assistant.editing.editor import Editor
 from assistant.facts import make_fact
-from benchmarks.common import common_arguments, configured, environment, load_slice, write_json
+from benchmarks.common import common_arguments, load_slice, started, write_json
 from updater.guard import Guard
 
 CLOZE = ("counterfact", 0, 32)          # records 0-31 of CounterFact: the speed benchmark's slice
@@ -68,9 +68,7 @@ def run(config: Config, state_dir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common_arguments(parser)
-    args = parser.parse_args()
-    config = configured(args.set)
-    started_in = environment()
+    args, config, started_in = started(parser)
     results = run(config, args.state_dir)
     normal, harmful = results["normal"], results["harmful"]
     summary = {

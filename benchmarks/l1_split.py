@@ -13,15 +13,13 @@ import dataclasses
 
 from assistant.editing.editor import Editor
 from assistant.state.l1 import growth_split
-from benchmarks.common import common_arguments, configured, environment, write_json
+from benchmarks.common import common_arguments, started, write_json
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common_arguments(parser)
-    args = parser.parse_args()
-    config = configured(args.set)
-    started_in = environment()
+    args, config, started_in = started(parser)
     with Editor.open(config, state_dir=args.state_dir, progress=False) as editor:
         current = editor.current_weights()
         layers = {layer: growth_split(W, editor.W0[layer]) for layer, W in current.items()

@@ -3,7 +3,9 @@
 import json
 import sys
 
-from benchmarks import gated_locality, target_convergence, target_speed
+import pytest
+
+from benchmarks import gated_locality, l1_split, target_convergence, target_speed
 from benchmarks.target_convergence import passed_at_step
 from tests.conftest import write_config_toml
 
@@ -63,3 +65,22 @@ def test_gated_locality_replays_both_gates_on_the_edited_state(make_config, monk
     assert set(result["edit_change_ratios"]) == {"edited", "rephrased", "unrelated"}
     for kind, layers in result["edit_change_ratios"].items():       # each kind saw some edit's term
         assert all(found["max"] > 0 for found in layers.values())
+
+
+def test_l1_split_reads_an_edited_state_and_splits_each_layers_growth(make_config, monkeypatch, tmp_path,
+                                                                       open_engine, new_fact):
+    config = make_config("llama")
+    monkeypatch.setenv("LIVEDIT_CONFIG", write_config_toml(tmp_path / "config.toml", config))
+    state = tmp_path / "state"
+    editor = open_engine("llama", state_dir=state)
+    editor.apply([new_fact(i) for i in range(3)])
+    growth = {n.layer: n.growth for n in editor.norms()}
+    editor.close()
+    out = tmp_path / "split.json"
+    monkeypatch.setattr(sys, "argv", ["l1_split", "--state-dir", str(state), "--out", str(out)])
+    l1_split.main()
+    result = json.loads(out.read_text())
+    assert result["active_edits"] == 3 and sorted(map(int, result["layers"])) == sorted(growth)
+    for layer, split in result["layers"].items():
+        assert split["growth"] == pytest.approx(growth[int(layer)], abs=1e-9)
+        assert split["first_order"] + split["sign_flips"] == pytest.approx(split["growth"])
