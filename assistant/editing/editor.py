@@ -228,7 +228,7 @@ class Editor:
         if self.editing.gate_by == "edit":
             columns = sums.gated_columns(layer, prior, lam)
             if columns is not None:
-                return columns.to("cpu", dtype)
+                return columns                       # float64; installed in the layer's device and dtype
         return sums.gated_offset(layer, prior, lam).to(dtype)
 
     def fill_gated_shares(self) -> None:

@@ -11,8 +11,9 @@ spill-over is dropped, so an unrelated question is answered by the unedited laye
 With ``[editing] gate_by = "edit"`` the gate acts on each chat edit's term apart
 (``EditColumns``): summed, an unrelated key's spill-over grows with the number of edits;
 edit by edit, it does not. The gate needs W0 beside W at serving time, so a plain Hugging
-Face checkpoint cannot hold it: the Editor installs it on the served model and the shadow when ``[editing] gate`` is set,
-and benchmarks/gated_locality.py measures it at several thresholds on one edited state.
+Face checkpoint cannot hold it: the Editor installs it on the served model and the shadow
+when ``[editing] gate`` is set, and benchmarks/gated_locality.py measures it at several
+thresholds on one edited state.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ class EditColumns:
     M: torch.Tensor     # (d_in, n)
     R: torch.Tensor     # (d_out, n)
 
+    @property
+    def R_norms(self) -> torch.Tensor:
+        """||r_j|| per column, computed once per EditColumns (the gate reads it every call)."""
+        if "_R_norms" not in self.__dict__:
+            object.__setattr__(self, "_R_norms", self.R.norm(dim=0))
+        return self.__dict__["_R_norms"]
+
     def to(self, device, dtype) -> "EditColumns":
         return EditColumns(self.M.to(device, dtype), self.R.to(device, dtype))
 
@@ -54,17 +62,17 @@ def edit_gate_change(keys: torch.Tensor, base: torch.Tensor, columns: EditColumn
     r_j (m_j . k) where its size |m_j . k| ||r_j|| exceeds ``threshold`` of the unedited
     output's norm ||base||. ``keys`` (..., d_in), ``base`` (..., d_out); returns (..., d_out).
     ``sizes``, when given, collects the call's largest single-edit ratio."""
-    R = columns.R.to(keys.dtype)
-    return _kept_terms(keys @ columns.M.to(keys.dtype), base, R, threshold, sizes)
+    columns = columns.to(keys.device, keys.dtype)
+    return _kept_terms(keys @ columns.M, base, columns, threshold, sizes)
 
 
-def _kept_terms(coefficients: torch.Tensor, base: torch.Tensor, R: torch.Tensor, threshold: float,
+def _kept_terms(coefficients: torch.Tensor, base: torch.Tensor, columns: EditColumns, threshold: float,
                 sizes: list[float] | None) -> torch.Tensor:
-    ratios = coefficients.abs() * R.norm(dim=0) / base.norm(dim=-1, keepdim=True).clamp_min(
+    ratios = coefficients.abs() * columns.R_norms / base.norm(dim=-1, keepdim=True).clamp_min(
         torch.finfo(base.dtype).tiny)
     if sizes is not None and ratios.numel():
         sizes.append(ratios.max().item())
-    return (coefficients * (ratios > threshold)) @ R.T
+    return (coefficients * (ratios > threshold)) @ columns.R.T
 
 
 @contextmanager
@@ -80,10 +88,10 @@ def gated(modules: dict[int, torch.nn.Module], changes: dict[int, "torch.Tensor 
         def hook(_module, args, output):
             change, keys = changes[layer], args[0]
             found = None if ratios is None else ratios.setdefault(layer, [])
-            if isinstance(change, EditColumns):
-                coefficients, R = keys @ change.M.to(output.dtype), change.R.to(output.dtype)
-                base = output - coefficients @ R.T
-                return base + _kept_terms(coefficients, base, R, threshold, found)
+            if isinstance(change, EditColumns):          # installed in the layer's device and dtype
+                coefficients = keys @ change.M
+                base = output - coefficients @ change.R.T
+                return base + _kept_terms(coefficients, base, change, threshold, found)
             base = output - keys @ change.T.to(output.dtype)
             if found is not None:
                 found.append(change_ratio(base, output).max().item())

@@ -68,12 +68,10 @@ class D4S:
         return self._solved(sums.tensors[f"G.{layer}"], sums, layer, prior, lam)
 
     def gated_columns(self, sums: "EditSums", layer: int, prior, lam: float) -> EditColumns:
-        """The gated offset as one column per gated key: R M^T with M = (lam C + T)^-1 GK."""
-        K = sums.tensors[f"GK.{layer}"]
-        return EditColumns(self._solved_columns(K, sums.tensors[f"T.{layer}"], prior, lam), sums.tensors[f"GR.{layer}"])
-
-    def _solved_columns(self, K: torch.Tensor, T: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
-        return torch.linalg.solve(lam * C + T, K) if K.shape[1] else K.clone()
+        """The gated offset as one column per gated key: R M^T, where M^T is the method's solve
+        of GK^T (d4s: M = (lam C + T)^-1 GK), as the offset is its solve of G = GR GK^T."""
+        M = self._solved(sums.tensors[f"GK.{layer}"].T, sums, layer, prior, lam).T
+        return EditColumns(M, sums.tensors[f"GR.{layer}"])
 
     def fill_gated_share(self, sums: "EditSums", layer: int, chat_vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """An older state without G or its columns: rebuild them from the active chat edits'
@@ -115,12 +113,6 @@ class NullSpaceD4S(D4S):
 
     def solve(self, S: torch.Tensor, T: torch.Tensor, prior: NullSpace, lam: float) -> torch.Tensor:
         return null_space_delta(S, T, prior.P, prior.alpha)
-
-    def _solved_columns(self, K: torch.Tensor, T: torch.Tensor, prior: NullSpace, lam: float) -> torch.Tensor:
-        """M with R M^T = R K^T P (T P + alpha I)^-1: M = (P T + alpha I)^-1 P K."""
-        if not K.shape[1]:
-            return K.clone()
-        return torch.linalg.solve(prior.P @ T + prior.alpha * torch.eye(T.shape[0], dtype=T.dtype), prior.P @ K)
 
 
 class Stacked:
