@@ -104,6 +104,10 @@ class EditingConfig:
                                      "share of the residual, so its last layer inherits less (d4s, "
                                      "memit-seq, memit; the null-space methods solve with alpha)",
                                      {3: 0.4, 4: 0.4, 5: 0.4})
+    chat_ridge: float = _help("on the layers that only chat facts edit (chat_layers not in layers), C gains "
+                              "this times its mean diagonal on the diagonal: each edit needs a smaller, less "
+                              "key-specific change (less L1 growth), and the gate keeps it local; 0 = C "
+                              "itself", 0.0)
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)
@@ -155,6 +159,9 @@ class EditingConfig:
         if self.mom2_weight <= 0 or self.chat_mom2_weight <= 0:
             raise ConfigError("[editing] mom2_weight and chat_mom2_weight (lambda) must be positive")
         object.__setattr__(self, "layer_mom2_factors", _layer_factors(self.layer_mom2_factors))
+        if not 0 <= self.chat_ridge < math.inf:
+            raise ConfigError(f"[editing] chat_ridge = {self.chat_ridge!r}: give 0 (C itself) or a positive "
+                              "share of C's mean diagonal")
         if not 0 < self.null_space_keep <= 1 or self.null_space_alpha <= 0:
             raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
         if self.gate < 0:
@@ -189,6 +196,10 @@ class EditingConfig:
         """The lambda ``layer``'s sums are solved with: mom2_weight times the layer's factor (a
         chat fact's weighted columns make its own lambda chat_mom2_weight times the same factor)."""
         return self.mom2_weight * self.layer_mom2_factors.get(layer, 1.0)
+
+    def layer_ridge(self, layer: int) -> float:
+        """The ridge ``layer``'s covariance gets: chat_ridge on a layer only chat facts edit, else 0."""
+        return self.chat_ridge if layer in self.chat_layers and layer not in self.layers else 0.0
 
     def window(self, has_question: bool) -> list[int]:
         """The layers a fact edits: chat_layers when it carries a question (and they are set)."""

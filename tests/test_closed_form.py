@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from assistant.editing.closed_form import d4s_delta, memit_delta, outer_sums, realised_fraction, spread_residual
+from assistant.editing.closed_form import d4s_delta, memit_delta, outer_sums, realised_fraction, ridged, \
+    spread_residual
 from assistant.state.sums import EditSums
 
 
@@ -210,3 +211,12 @@ def test_response_ratio_is_the_share_of_a_facts_change_made_at_another_key():
     x, r = torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     update = torch.outer(r, torch.linalg.solve(A, k))
     assert torch.allclose(update @ x, response_ratio(A, k, x) * (update @ k))
+
+
+def test_the_ridge_adds_the_mean_diagonal_times_itself():
+    _, _, C = random_problem(5)
+    assert ridged(C, 0.0) is C
+    lifted = ridged(C, 0.25)
+    mean_diagonal = torch.trace(C) / C.shape[0]
+    assert torch.allclose(lifted - C, 0.25 * mean_diagonal * torch.eye(C.shape[0], dtype=C.dtype))
+    assert torch.linalg.eigvalsh(lifted).min() > torch.linalg.eigvalsh(C).min() + 0.2 * mean_diagonal

@@ -77,6 +77,8 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     ({"editing": {"chat_refine_check": "said it"}}, "chat_refine_check"),
     ({"editing": {"gate": -0.1}}, "gate"),
     ({"editing": {"gate_by": "token"}}, "gate_by"),
+    ({"editing": {"chat_ridge": -0.1}}, "chat_ridge"),
+    ({"editing": {"chat_ridge": float("nan")}}, "chat_ridge"),
     ({"editing": {"layer_mom2_factors": {"first": 0.5}}}, "layer_mom2_factors"),
     ({"editing": {"layer_mom2_factors": {"3": 0}}}, "positive"),
     ({"editing": {"layer_mom2_factors": {"3": "half"}}}, "positive"),
@@ -245,6 +247,14 @@ def test_layer_factors_are_read_from_toml_and_scale_only_their_layer(tmp_path):
     assert defaults.layer_mom2_factors == {3: 0.4, 4: 0.4, 5: 0.4}      # the cloze window's first layers
     assert [defaults.layer_lambda(layer) for layer in (3, 7, 8)] == [900.0, 2250.0, 2250.0]
     assert config_from_dict({"editing": {"layers": [1, 2], "chat_layers": []}}).editing.layer_lambda(1) == 2250.0
+
+
+def test_the_chat_ridge_falls_on_the_layers_only_chat_facts_edit():
+    editing = config_from_dict({"editing": {"layers": [3, 4, 5, 6, 7], "chat_layers": [6, 7, 8, 9],
+                                            "chat_ridge": 0.5}}).editing
+    assert [editing.layer_ridge(layer) for layer in (3, 6, 7, 8, 9, 10)] == [0.0, 0.0, 0.0, 0.5, 0.5, 0.0]
+    one_window = config_from_dict({"editing": {"chat_layers": [], "chat_ridge": 0.5}}).editing
+    assert [one_window.layer_ridge(layer) for layer in one_window.layers] == [0.0] * 5
 
 
 def test_covariance_corpora_take_the_chat_turns_and_name_the_choices():

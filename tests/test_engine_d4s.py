@@ -339,6 +339,45 @@ def test_a_layer_factor_scales_that_layers_lambda_only(model, open_engine, make_
         open_engine(model, state_dir=tmp_path / "factors")
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_the_chat_ridge_solves_the_chat_only_layers_against_c_plus_the_ridge(model, open_engine, make_config,
+                                                                              new_fact, inspect, tmp_path):
+    """chat_ridge 0.5 with windows [0, 1] and [1, 2]: layer 2 (chat facts only) is solved
+    against C + 0.5 mean(diag C) I, layers 0 and 1 against C itself, checked on a direct solve
+    of the active edits' sums; a retraction and a restart keep it, another ridge is refused."""
+    windows = dict(layers=[0, 1], chat_layers=[1, 2])
+    editor = open_engine(model, state_dir=tmp_path / "ridge", chat_ridge=0.5, **windows)
+    plain = open_engine(model, state_dir=tmp_path / "plain", **windows)
+    asked = [new_fact(i, question=f"Where is {new_fact(i).subject}?") for i in (2, 3)]
+    ids = editor.apply([new_fact(1), *asked]).edit_ids
+    plain.apply([new_fact(1), *asked])
+
+    def check(weights):
+        expected = inspect.sums_of_active_edits(editor)
+        for layer in editor.layers:
+            C = editor.C[layer].double()
+            if layer == 2:
+                C = C + 0.5 * torch.trace(C) / C.shape[0] * torch.eye(C.shape[0], dtype=C.dtype)
+            direct = d4s_delta(expected[f"S.{layer}"], expected[f"T.{layer}"], C, editor.editing.layer_lambda(layer))
+            assert inspect.relative_error(weights[layer], edited_weight(editor.W0[layer], direct)) < 1e-6, layer
+
+    check(editor.current_weights())
+    for layer in (0, 1):
+        assert torch.equal(editor.current_weights()[layer], plain.current_weights()[layer])
+    assert inspect.relative_error(editor.current_weights()[2], plain.current_weights()[2]) > 1e-3
+    editor.retract(ids[1])
+    check(editor.current_weights())
+    after = editor.current_weights()
+    editor.close()
+    restarted = open_engine(model, state_dir=tmp_path / "ridge", chat_ridge=0.5, loaded=load_model(make_config(model)),
+                            **windows)
+    for layer, W in after.items():
+        assert torch.equal(restarted.current_weights()[layer], W)
+    restarted.close()
+    with pytest.raises(StateError, match="chat_ridge = 0.5"):
+        open_engine(model, state_dir=tmp_path / "ridge", **windows)
+
+
 def test_a_batch_is_solved_in_groups_by_kind_with_the_settings_of_each(new_fact):
     from assistant.config import config_from_dict
     from assistant.editing.editor import by_kind

@@ -67,7 +67,7 @@ class BatchSolver:
         optimise = lambda only=None: self._targets(facts, train_batch, kl_batch, last_block, h_norm,  # noqa: E731
                                                    targets, only)
         found = optimise()
-        fraction = realised_fraction(K * scale, ed.C[layers[0]], ed.editing.layer_lambda(layers[0]),
+        fraction = realised_fraction(K * scale, ed.covariance(layers[0]), ed.editing.layer_lambda(layers[0]),
                                      sums.T(layers[0]))
         fraction = average_by_fact(fraction[:, None], owner, n)[:, 0]
         keys, residuals = self._solve_layers(layers, found.delta, first, sums, weights, measure, scale, gated)

@@ -21,6 +21,14 @@ def d4s_delta(S: torch.Tensor, T: torch.Tensor, C: torch.Tensor, lam: float) -> 
     return torch.linalg.solve(A, S.T).T
 
 
+def ridged(C: torch.Tensor, ridge: float) -> torch.Tensor:
+    """C + ridge * mean(diag C) * I: a covariance that weighs every key direction at least a
+    little, so a solve against it needs a smaller, less key-specific change (ridge 0: C)."""
+    if not ridge:
+        return C
+    return C + ridge * C.diagonal().mean() * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+
+
 def null_space_projector(C: torch.Tensor, keep: float) -> torch.Tensor:
     """P = U U^T over the eigenvectors of C with the smallest eigenvalues, ``keep`` of all
     d_in directions (AlphaEdit's null space of the preserved keys; keep = 1 is the identity)."""

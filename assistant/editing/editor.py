@@ -25,6 +25,7 @@ import torch
 
 from assistant.config import METHODS, Config, EditingConfig
 from assistant.editing.batch_solve import BatchSolver
+from assistant.editing.closed_form import ridged
 from assistant.editing.covariance import load_or_compute
 from assistant.editing.gate import EditColumns, gated
 from assistant.editing.prompts import PromptSettings, check_lengths
@@ -255,8 +256,13 @@ class Editor:
         """What the state's method solves ``layer`` with: C itself, or the projector onto C's
         null space for the null-space methods (an eigendecomposition, made once per layer)."""
         if layer not in self._priors:
-            self._priors[layer] = self.sums.strategy.prior(self.C[layer], self.editing)
+            self._priors[layer] = self.sums.strategy.prior(self.covariance(layer), self.editing)
         return self._priors[layer]
+
+    def covariance(self, layer: int) -> torch.Tensor:
+        """The C that ``layer`` is solved against: its keys' second moment, with the layer's
+        ridge ([editing] chat_ridge on a layer only chat facts edit)."""
+        return ridged(self.C[layer], self.editing.layer_ridge(layer))
 
     def solve_weight(self, sums: EditSums, layer: int) -> torch.Tensor:
         """W0 + the offset ``sums`` give ``layer``; refused if it is not finite."""

@@ -1,5 +1,5 @@
 """Which state directory a run uses, and the identity a state keeps: the method, the model,
-the edited layers, the lambdas and the covariance it was made with."""
+the edited layers, the lambdas, the chat ridge and the covariance it was made with."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from assistant.errors import StateError
 # function of the stored identity where it was another key's value).
 IDENTITY_BEFORE = {"chat_layers": lambda stored: [],
                    "chat_mom2_weight": lambda stored: stored.get("mom2_weight"),
-                   "layer_mom2_factors": lambda stored: {}}
+                   "layer_mom2_factors": lambda stored: {},
+                   "chat_ridge": lambda stored: 0.0}
 
 
 def state_dir_for(config, state_dir: Path | str | None = None) -> Path:
@@ -33,6 +34,7 @@ def state_identity(config, model_fingerprint: str, method: str) -> dict:
         "chat_layers": list(config.editing.chat_layers),
         "mom2_weight": config.editing.mom2_weight,
         "chat_mom2_weight": config.editing.chat_mom2_weight,
+        "chat_ridge": config.editing.chat_ridge,
         "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
     }
     if method in NULL_SPACE_METHODS:
@@ -66,8 +68,8 @@ def check_identity(ledger, config, model_fingerprint: str, method: str | None, f
     return wanted
 
 
-EDITING_IDENTITY_KEYS = ("layers", "chat_layers", "mom2_weight", "chat_mom2_weight", "layer_mom2_factors",
-                         "null_space_keep", "null_space_alpha")
+EDITING_IDENTITY_KEYS = ("layers", "chat_layers", "mom2_weight", "chat_mom2_weight", "chat_ridge",
+                         "layer_mom2_factors", "null_space_keep", "null_space_alpha")
 
 
 def _as_toml(value) -> str:
