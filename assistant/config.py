@@ -105,7 +105,7 @@ class EditingConfig:
                                      "memit-seq, memit; the null-space methods solve with alpha)",
                                      {3: 0.4, 4: 0.4, 5: 0.4})
     chat_ridge: float = _help("on the layers that only chat facts edit (chat_layers not in layers), C gains "
-                              "this times its mean diagonal on the diagonal: each edit needs a smaller, less "
+                              "this times the median of its diagonal on the diagonal: each edit needs a smaller, less "
                               "key-specific change (less L1 growth), and the gate keeps it local; 0 = C "
                               "itself", 0.0)
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
@@ -161,7 +161,7 @@ class EditingConfig:
         object.__setattr__(self, "layer_mom2_factors", _layer_factors(self.layer_mom2_factors))
         if not 0 <= self.chat_ridge < math.inf:
             raise ConfigError(f"[editing] chat_ridge = {self.chat_ridge!r}: give 0 (C itself) or a positive "
-                              "share of C's mean diagonal")
+                              "share of the median of C's diagonal")
         if not 0 < self.null_space_keep <= 1 or self.null_space_alpha <= 0:
             raise ConfigError("[editing] null_space_keep must be in (0, 1] and null_space_alpha positive")
         if self.gate < 0:
