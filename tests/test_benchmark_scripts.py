@@ -4,8 +4,9 @@ import json
 import sys
 
 import pytest
+import torch
 
-from benchmarks import gated_locality, l1_split, target_convergence, target_speed
+from benchmarks import gated_locality, l1_split, ridge_replay, target_convergence, target_speed
 from benchmarks.target_convergence import passed_at_step
 from tests.conftest import write_config_toml
 
@@ -84,3 +85,31 @@ def test_l1_split_reads_an_edited_state_and_splits_each_layers_growth(make_confi
     for layer, split in result["layers"].items():
         assert split["growth"] == pytest.approx(growth[int(layer)], abs=1e-9)
         assert split["first_order"] + split["sign_flips"] == pytest.approx(split["growth"])
+
+
+def test_realised_shares_project_each_change_on_its_residual():
+    K = torch.eye(3, dtype=torch.float64)[:, :2]                # keys e1, e2
+    R = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    delta = torch.tensor([[1.0, 0.0, 5.0], [0.0, 4.0, 0.0]], dtype=torch.float64)   # half of r1, all of r2
+    assert ridge_replay.realised_shares(delta, K, R).tolist() == [0.5, 1.0]
+
+
+def test_ridge_replay_gives_the_states_own_growth_at_ridge_zero_and_realises_less_with_more(
+        make_config, monkeypatch, tmp_path, open_engine, new_fact):
+    config = make_config("llama")
+    monkeypatch.setenv("LIVEDIT_CONFIG", write_config_toml(tmp_path / "config.toml", config))
+    state = tmp_path / "state"
+    editor = open_engine("llama", state_dir=state)
+    editor.apply([new_fact(i, question=f"Where is {new_fact(i).subject}?") for i in range(3)])
+    growth = {n.layer: n.growth for n in editor.norms()}
+    editor.close()
+    out = tmp_path / "ridges.json"
+    monkeypatch.setattr(sys, "argv", ["ridge_replay", "--state-dir", str(state), "--ridges", "0,50",
+                                      "--out", str(out)])
+    ridge_replay.main()
+    result = json.loads(out.read_text())
+    assert result["chat_edits"] == 3 and sorted(map(int, result["layers"])) == sorted(growth)
+    for layer, (plain, lifted) in result["layers"].items():
+        assert plain["l1_growth"] == pytest.approx(growth[int(layer)], rel=1e-4, abs=1e-7)
+        assert lifted["realised_median"] < plain["realised_median"] - 0.01
+        assert lifted["l1_growth"] < plain["l1_growth"]
