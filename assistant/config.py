@@ -106,7 +106,8 @@ class EditingConfig:
                                      {3: 0.4, 4: 0.4, 5: 0.4})
     chat_ridge: float = _help("on the layers that only chat facts edit (chat_layers not in layers), C gains "
                               "this times the median of its diagonal on the diagonal: each edit needs a smaller, less "
-                              "key-specific change (less L1 growth), and the gate keeps it local; 0 = C "
+                              "key-specific change (less L1 growth), and the gate keeps it local (d4s, "
+                              "memit-seq, memit; the null-space projectors do not change with it); 0 = C "
                               "itself", 0.0)
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)

@@ -376,6 +376,10 @@ def test_the_chat_ridge_solves_the_chat_only_layers_against_c_plus_the_ridge(mod
     restarted.close()
     with pytest.raises(StateError, match="chat_ridge = 0.5"):
         open_engine(model, state_dir=tmp_path / "ridge", **windows)
+    one_window = open_engine(model, state_dir=tmp_path / "one window", chat_ridge=0.5)
+    one_window.apply(asked)                       # no layer is the chat facts' alone: C itself, no ridge in the identity
+    one_window.close()
+    open_engine(model, state_dir=tmp_path / "one window").close()
 
 
 def test_a_batch_is_solved_in_groups_by_kind_with_the_settings_of_each(new_fact):

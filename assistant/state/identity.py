@@ -34,7 +34,6 @@ def state_identity(config, model_fingerprint: str, method: str) -> dict:
         "chat_layers": list(config.editing.chat_layers),
         "mom2_weight": config.editing.mom2_weight,
         "chat_mom2_weight": config.editing.chat_mom2_weight,
-        "chat_ridge": config.editing.chat_ridge,
         "covariance": {"corpora": list(cov.corpora), "tokens": cov.tokens, "sequence_length": cov.sequence_length},
     }
     if method in NULL_SPACE_METHODS:
@@ -44,6 +43,8 @@ def state_identity(config, model_fingerprint: str, method: str) -> dict:
         identity["layer_mom2_factors"] = {str(layer): factor for layer, factor in
                                           config.editing.layer_mom2_factors.items()
                                           if layer in config.editing.all_layers}
+        # a ridge on C shifts its eigenvalues alike, so the null-space projectors ignore it too
+        identity["chat_ridge"] = max(map(config.editing.layer_ridge, config.editing.all_layers))
     return identity
 
 
