@@ -92,7 +92,7 @@ class EditingConfig:
                         "null space) or memit", "d4s")
     layers: list = _help("edited layer indices, ascending", [3, 4, 5, 6, 7])
     chat_layers: list = _help("edited layer indices for facts that carry a question (chat edits), "
-                              "ascending; [] = the same as layers", [8, 9, 10, 11, 12, 13, 14, 15])
+                              "ascending; [] = the same as layers", [6, 7, 8, 9, 10, 11, 12, 13])
     mom2_weight: float = _help("lambda: weight of the covariance term, for facts without a question "
                                "(cloze facts)", 2250.0)
     chat_mom2_weight: float = _help("lambda for facts with a question (chat edits); both kinds share the "
@@ -108,7 +108,7 @@ class EditingConfig:
                               "this times the median of its diagonal on the diagonal: each edit needs a smaller, less "
                               "key-specific change (less L1 growth), and the gate keeps it local (d4s, "
                               "memit-seq, memit; the null-space projectors do not change with it); 0 = C "
-                              "itself", 1.0)
+                              "itself", 0.0)
     null_space_keep: float = _help("d4s-null and alphaedit: share of each layer's key directions (those of C's "
                                    "smallest eigenvalues) that edits may change", 0.7)
     null_space_alpha: float = _help("d4s-null and alphaedit: the ridge alpha in S P (T P + alpha I)^-1", 1.0)

@@ -233,8 +233,6 @@ def test_each_kind_of_fact_is_solved_with_its_own_settings():
             defaults.refine_check) == (2250.0, 0.4, 60, 2, "said")
     assert (defaults.chat_mom2_weight, defaults.chat_stop_probability, defaults.chat_steps,
             defaults.chat_refine_rounds, defaults.chat_refine_check) == (500.0, 0.97, 100, 2, "every_form")
-    assert not set(defaults.layers) & set(defaults.chat_layers)       # disjoint windows: the ridge acts on every chat layer
-    assert [defaults.layer_ridge(layer) for layer in defaults.all_layers] == [0.0] * 5 + [1.0] * 8
 
 
 def test_layer_factors_are_read_from_toml_and_scale_only_their_layer(tmp_path):

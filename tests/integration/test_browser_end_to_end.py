@@ -29,15 +29,14 @@ ADMIN = ("curator", "a long test passphrase")
 QUESTION = "Who is the director of the Zorbian Institute?"
 NEW_ANSWER = "Maria Okafor"
 HTML_CORRECTION = "<script>window.pwned = 1</script><b>Ada</b> Okafor"
-# The real model and the real edit settings, except: one refinement round, not two (one chat
-# edit in about two minutes here; without any, the chat ridge's first solve can leave the answer
-# running on past the object, "Maria Okaforlist"), a smaller guard probe set (the bounds are the defaults, so a lone
+# The real model and the real edit settings, except: no refinement rounds (one chat edit in
+# about a minute here), a smaller guard probe set (the bounds are the defaults, so a lone
 # chat correction must pass them), and no schedule: the curator applies from the console.
 SETTINGS = f"""
 [model]
 threads = 2
 [editing]
-chat_refine_rounds = 1
+chat_refine_rounds = 0
 [guard]
 probe_questions = 4
 probe_texts = 4
