@@ -17,9 +17,10 @@ import dataclasses
 
 import torch
 
-from assistant.editing.closed_form import d4s_delta, ridged
+from assistant.editing.closed_form import ridged
 from assistant.editing.editor import Editor
 from assistant.state.l1 import layer_norms
+from assistant.state.sums import edited_weight
 from benchmarks.common import common_arguments, started, write_json
 
 
@@ -32,10 +33,9 @@ def realised_shares(delta: torch.Tensor, K: torch.Tensor, R: torch.Tensor) -> to
 def replay_layer(editor: Editor, layer: int, ridge: float) -> dict:
     """L1 growth and realised shares of ``layer`` solved from the state's sums against C with ``ridge``."""
     sums = editor.sums
-    delta = d4s_delta(sums.tensors[f"S.{layer}"], sums.T(layer), ridged(editor.C[layer].double(), ridge),
-                      editor.editing.layer_lambda(layer))
+    delta = sums.offset(layer, ridged(editor.C[layer].double(), ridge), editor.editing.layer_lambda(layer))
     shares = realised_shares(delta, sums.tensors[f"GK.{layer}"], sums.tensors[f"GR.{layer}"])
-    W = (editor.W0[layer].double() + delta).to(editor.W0[layer].dtype)
+    W = edited_weight(editor.W0[layer], delta)
     return {"ridge": ridge, "l1_growth": layer_norms(layer, W, editor.W0[layer]).growth,
             "realised_median": float(shares.median()), "realised_least": float(shares.min())}
 
