@@ -4,7 +4,8 @@ each ridge: the L1 growth of W0 + Delta, and the share of each chat edit's store
 that Delta realises at its stored key (median and least over the edits).
 
 This is an estimate, not a new run: the residuals were measured and refined with the run's own
-ridge, and a real run raises the residuals of the facts that fall behind. It reads the state only.
+ridge, and a real run raises the residuals of the facts that fall behind. It reads the state only,
+records the ids of the chat facts it replays (the data slice), and samples nothing (no seed).
 
     LIVEDIT_HOME=.livedit-test-home python -m benchmarks.ridge_replay --state-dir DIR \\
         --ridges 0,0.5,1,2 --out benchmarks/results/ridge-replay-NAME.json
@@ -58,8 +59,9 @@ def main() -> None:
             print(f"layer {layer}: " + " | ".join(
                 f"ridge {row['ridge']}: L1 {100 * row['l1_growth']:.2f}%, realised {row['realised_median']:.3f}"
                 for row in replays[str(layer)]), flush=True)
-        chat_edits = sum(1 for record in editor.edits("active") if record.fact.question)
-    write_json(args.out, {"state_dir": args.state_dir, "chat_edits": chat_edits, "ridges": ridges,
+        chat_facts = [record.fact.id for record in editor.edits("active") if record.fact.question]
+    write_json(args.out, {"state_dir": args.state_dir, "chat_edits": len(chat_facts), "chat_facts": chat_facts,
+                          "seed": None, "ridges": ridges,
                           "layers": replays, "config": dataclasses.asdict(config.editing),
                           "environment": started_in})
 
